@@ -1,0 +1,39 @@
+"""llama_1b: the Llama 3.2 1B shape (tied embeddings, GQA 32/8, RoPE theta 5e5 with Llama-3 scaling).
+
+Run on one GPU:
+  llm train --config configs/llama_1b.py --workdir runs/llama1b --config.data.path='corpus/*.txt'
+Expect: ~1.24B parameters; sequence 2048 in bf16 with full remat over scanned layers.
+"""
+
+from llm.config.base import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.family = "llama"
+    c.model.vocab_size = 128256
+    c.model.d_model = 2048
+    c.model.n_layers = 16
+    c.model.n_heads = 32
+    c.model.n_kv_heads = 8
+    c.model.head_dim = 64
+    c.model.d_ff = 8192
+    c.model.max_seq_len = 131072
+    c.model.rope_theta = 500000.0
+    c.model.rope_scaling.type = "llama3"
+    c.model.rope_scaling.factor = 32.0
+    c.model.rope_scaling.low_freq_factor = 1.0
+    c.model.rope_scaling.high_freq_factor = 4.0
+    c.model.rope_scaling.original_max_position = 8192
+    c.model.tie_embeddings = True
+    c.model.scan_layers = True
+    c.model.remat = "save_matmul"
+    c.data.seq_len = 2048
+    c.data.batch_size = 8
+    c.train.steps = 20000
+    c.train.log_every = 20
+    c.train.eval_every = 1000
+    c.optim.lr = 3e-4
+    c.optim.warmup_steps = 1000
+    c.checkpoint.every_steps = 1000
+    return c

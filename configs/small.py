@@ -1,0 +1,31 @@
+"""small: a ~30M-parameter Llama, the CPU benchmark shape.
+
+Run:
+  llm bench --config configs/small.py --vs-hf --json bench.json
+  llm train --config configs/small.py --workdir runs/small
+Expect: on 2 CPU cores, a few seconds per step of 8 x 256 tokens; the bench prints tokens/s,
+MFU and the ratio to Hugging Face transformers (PyTorch f32) on the same shape.
+"""
+
+from llm.config.base import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.family = "llama"
+    c.model.vocab_size = 8192
+    c.model.d_model = 512
+    c.model.n_layers = 8
+    c.model.n_heads = 8
+    c.model.n_kv_heads = 8
+    c.model.d_ff = 1536
+    c.model.max_seq_len = 512
+    c.data.source = "synthetic"
+    c.data.seq_len = 256
+    c.data.batch_size = 8
+    c.train.steps = 1000
+    c.train.log_every = 10
+    c.train.eval_every = 200
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 100
+    return c

@@ -1,0 +1,70 @@
+"""Checks a config before anything is built, so mistakes fail in one line, not in XLA."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from llm.config.loading import ConfigError
+
+_CHOICES = {
+    "model.family": ("llama", "gpt2"),
+    "model.remat": ("none", "full", "save_matmul"),
+    "model.attention_impl": ("xla", "cudnn"),
+    "model.rope_scaling.type": ("", "llama3"),
+    "precision.params": ("float32", "bfloat16"),
+    "precision.compute": ("auto", "float32", "bfloat16"),
+    "precision.optimizer_state": ("float32", "bfloat16"),
+    "data.source": ("text", "synthetic"),
+    "data.packing": ("first_fit", "concat"),
+    "optim.decay": ("cosine", "linear", "constant"),
+    "train.nan_policy": ("stop", "skip"),
+}
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    for dotted, allowed in _CHOICES.items():
+        value = _get(config, dotted)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}={value!r} is not one of {', '.join(map(repr, allowed))}")
+    m = config.model
+    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
+        if m[key] <= 0:
+            raise ConfigError(f"model.{key}={m[key]} must be positive")
+    if m.n_heads % m.n_kv_heads:
+        raise ConfigError(
+            f"model.n_heads={m.n_heads} is not a multiple of model.n_kv_heads={m.n_kv_heads}; "
+            "pick n_kv_heads that divides n_heads"
+        )
+    if m.head_dim == 0 and m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; set model.head_dim")
+    if config.data.seq_len > m.max_seq_len:
+        raise ConfigError(
+            f"data.seq_len={config.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}; "
+            "lower data.seq_len or raise model.max_seq_len"
+        )
+    if m.family == "gpt2" and m.n_kv_heads != m.n_heads:
+        raise ConfigError(f"gpt2 uses full multi-head attention; set model.n_kv_heads={m.n_heads}")
+    t = config.train
+    if t.steps < 0 or t.grad_accum < 1 or t.log_every < 1:
+        raise ConfigError("train.steps must be >= 0, train.grad_accum and train.log_every >= 1")
+    if config.data.batch_size % t.grad_accum:
+        raise ConfigError(
+            f"data.batch_size={config.data.batch_size} is not divisible by train.grad_accum={t.grad_accum}"
+        )
+    for axis in ("data", "fsdp", "tensor"):
+        size = config.mesh[axis]
+        if size == 0 or size < -1:
+            raise ConfigError(f"mesh.{axis}={size} must be a positive size or -1 (the rest of the devices)")
+    if sum(config.mesh[a] == -1 for a in ("data", "fsdp", "tensor")) > 1:
+        raise ConfigError("only one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    for name, axes in config.mesh.rules.items():
+        for axis in axes:
+            if axis not in ("data", "fsdp", "tensor"):
+                raise ConfigError(f"mesh.rules.{name} names mesh axis {axis!r}; use data, fsdp or tensor")

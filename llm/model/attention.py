@@ -1,0 +1,67 @@
+"""Causal self-attention (multi-head, grouped-query or multi-query) that respects segment ids."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llm.model.layers import Dense
+from llm.model.rope import apply_rope, inverse_frequencies
+from llm.model.spec import ModelSpec
+from llm.parallel.rules import AxisRules
+
+
+def attention_mask(segment_ids: jax.Array | None, q_len: int, kv_len: int | None = None) -> jax.Array | None:
+    """Boolean (B, 1, T, S) mask: causal and same-segment. None when there are no segments."""
+    if segment_ids is None:
+        return None
+    kv_len = kv_len or q_len
+    causal = jnp.tril(jnp.ones((q_len, kv_len), dtype=bool), k=kv_len - q_len)
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return (same & causal)[:, None, :, :]
+
+
+def attend(q, k, v, mask, implementation: str) -> jax.Array:
+    """jax.nn.dot_product_attention with the chosen backend.
+
+    The cuDNN path gets packing as an additive bias plus `is_causal`, because a bias is what it
+    documents honouring; the XLA path takes the boolean mask directly.
+    """
+    if mask is None:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+    if implementation == "cudnn":
+        bias = jnp.where(mask, 0.0, jnp.finfo(q.dtype).min).astype(q.dtype)
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True, implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+class Attention(nnx.Module):
+    def __init__(self, spec: ModelSpec, rules: AxisRules, rngs: nnx.Rngs):
+        d, h, kv, hd = spec.d_model, spec.n_heads, spec.n_kv_heads, spec.head_dim
+        bias = spec.qkv_bias or spec.is_gpt2
+        common = dict(std=spec.init_std, dtype=spec.param_dtype, rngs=rngs)
+        self.q = Dense((d,), (h, hd), ("embed",), ("heads", "kv"), use_bias=bias, **common)
+        self.k = Dense((d,), (kv, hd), ("embed",), ("kv_heads", "kv"), use_bias=bias, **common)
+        self.v = Dense((d,), (kv, hd), ("embed",), ("kv_heads", "kv"), use_bias=bias, **common)
+        out_std = spec.init_std / (2 * spec.n_layers) ** 0.5
+        self.o = Dense(
+            (h, hd), (d,), ("heads", "kv"), ("embed",), use_bias=spec.is_gpt2,
+            std=out_std, dtype=spec.param_dtype, rngs=rngs,
+        )
+        self.spec = spec
+        self.rules = rules
+        self.inv_freq = None if spec.is_gpt2 else tuple(inverse_frequencies(hd, spec.rope_theta, spec.rope_scaling))
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
+        cd = self.spec.compute_dtype
+        q = self.rules.constrain(self.q(x, cd), ("batch", "length", "act_heads", None))
+        k = self.rules.constrain(self.k(x, cd), ("batch", "length", "act_kv_heads", None))
+        v = self.rules.constrain(self.v(x, cd), ("batch", "length", "act_kv_heads", None))
+        if self.inv_freq is not None:
+            inv = jnp.asarray(self.inv_freq, jnp.float32)
+            q = apply_rope(q, positions, inv)
+            k = apply_rope(k, positions, inv)
+        out = attend(q, k, v, mask, self.spec.attention_impl)
+        out = self.rules.constrain(out, ("batch", "length", "act_heads", None))
+        return self.o(out, cd)

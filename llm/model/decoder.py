@@ -1,0 +1,96 @@
+"""The decoder-only language model: embeddings, a stack of blocks, final norm, LM head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llm.model.attention import attention_mask
+from llm.model.block import Block
+from llm.model.layers import make_norm, param
+from llm.model.spec import ModelSpec
+from llm.parallel.rules import AxisRules
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_matmul": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _run_block(graphdef, state, x, positions, mask):
+    return nnx.merge(graphdef, state)(x, positions, mask)
+
+
+class Decoder(nnx.Module):
+    def __init__(self, spec: ModelSpec, rules: AxisRules, rngs: nnx.Rngs):
+        self.spec = spec
+        self.rules = rules
+        dt = spec.param_dtype
+        self.embed = param(rngs, nnx.initializers.normal(spec.init_std), (spec.padded_vocab, spec.d_model), ("vocab", "embed"), dt)
+        self.pos_embed = (
+            param(rngs, nnx.initializers.normal(0.01), (spec.max_seq_len, spec.d_model), ("positions", "embed"), dt)
+            if spec.is_gpt2
+            else None
+        )
+        if spec.scan_layers:
+
+            @nnx.split_rngs(splits=spec.n_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make_blocks(layer_rngs: nnx.Rngs) -> Block:
+                return Block(spec, rules, layer_rngs)
+
+            self.blocks = make_blocks(rngs)
+        else:
+            self.blocks = nnx.List([Block(spec, rules, rngs) for _ in range(spec.n_layers)])
+        self.final_norm = make_norm(spec.family, spec.d_model, spec.norm_eps, dt, rngs)
+        self.head = (
+            None
+            if spec.tie_embeddings
+            else param(rngs, nnx.initializers.normal(spec.init_std), (spec.d_model, spec.padded_vocab), ("embed", "vocab"), dt)
+        )
+
+    def hidden_states(
+        self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array | None = None
+    ) -> jax.Array:
+        """Final-norm hidden states (batch, length, d_model) in the compute dtype."""
+        spec = self.spec
+        cd = spec.compute_dtype
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(cd)
+        if self.pos_embed is not None:
+            x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(cd)
+        x = self.rules.constrain(x, ("batch", "length", "act_embed"))
+        mask = attention_mask(segment_ids, tokens.shape[1])
+        block_fn = _run_block
+        if spec.remat != "none":
+            block_fn = jax.checkpoint(_run_block, static_argnums=(0,), policy=REMAT_POLICIES[spec.remat])
+        if spec.scan_layers:
+            graphdef, stacked = nnx.split(self.blocks)
+
+            def body(h, layer_state):
+                return block_fn(graphdef, layer_state, h, positions, mask), None
+
+            x, _ = jax.lax.scan(body, x, stacked)
+        else:
+            for block in self.blocks:
+                graphdef, state = nnx.split(block)
+                x = block_fn(graphdef, state, x, positions, mask)
+        return self.final_norm(x)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """f32 logits over the real vocabulary; padded columns can never be predicted."""
+        cd = self.spec.compute_dtype
+        w = self.embed[...].T if self.head is None else self.head[...]
+        logits = jnp.einsum("btd,dv->btv", hidden.astype(cd), w.astype(cd), preferred_element_type=jnp.float32)
+        logits = self.rules.constrain(logits, ("batch", "length", "act_vocab"))
+        if self.spec.padded_vocab != self.spec.vocab_size:
+            valid = jnp.arange(self.spec.padded_vocab) < self.spec.vocab_size
+            logits = jnp.where(valid, logits, -1e30)
+        return logits
+
+    def __call__(
+        self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None
+    ) -> jax.Array:
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        return self.logits(self.hidden_states(tokens, positions, segment_ids))

@@ -1,0 +1,81 @@
+"""Parameterised building blocks; every parameter carries its logical axis names."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Sequence[str], dtype) -> nnx.Param:
+    """A Param annotated with logical axes (read by llm.parallel to place it on the mesh)."""
+    if len(shape) != len(axes):
+        raise ValueError(f"shape {tuple(shape)} and logical axes {tuple(axes)} differ in rank")
+    return nnx.Param(init(rngs.params(), tuple(shape), dtype), logical_axes=tuple(axes))
+
+
+class Dense(nnx.Module):
+    """A linear map over named input dims to named output dims, computed with einsum.
+
+    Kernels keep their natural head structure (e.g. (embed, heads, kv)) so tensor-parallel
+    rules can split heads without reshapes.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_shape: Sequence[int],
+        in_axes: Sequence[str],
+        out_axes: Sequence[str],
+        *,
+        use_bias: bool,
+        std: float,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.n_in = len(in_shape)
+        self.kernel = param(
+            rngs, nnx.initializers.normal(std), (*in_shape, *out_shape), (*in_axes, *out_axes), dtype
+        )
+        self.bias = param(rngs, nnx.initializers.zeros, out_shape, out_axes, dtype) if use_bias else None
+
+    def __call__(self, x: jax.Array, compute_dtype) -> jax.Array:
+        kernel = self.kernel[...].astype(compute_dtype)
+        letters = "abcdefgh"
+        n_out = kernel.ndim - self.n_in
+        ins, outs = letters[: self.n_in], letters[self.n_in : self.n_in + n_out]
+        y = jnp.einsum(f"...{ins},{ins}{outs}->...{outs}", x.astype(compute_dtype), kernel)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(compute_dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = param(rngs, nnx.initializers.ones, (dim,), ("norm",), dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = param(rngs, nnx.initializers.ones, (dim,), ("norm",), dtype)
+        self.bias = param(rngs, nnx.initializers.zeros, (dim,), ("norm",), dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def make_norm(family: str, dim: int, eps: float, dtype, rngs: nnx.Rngs) -> nnx.Module:
+    return LayerNorm(dim, eps, dtype, rngs) if family == "gpt2" else RMSNorm(dim, eps, dtype, rngs)

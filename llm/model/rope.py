@@ -1,0 +1,43 @@
+"""Rotary position embeddings, with Llama-3 style frequency scaling.
+
+Uses the half-split layout of Hugging Face Llama (rotate_half), so imported weights need no
+permutation of q/k.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def inverse_frequencies(head_dim: int, theta: float, scaling: tuple = ()) -> np.ndarray:
+    """Per-pair inverse frequencies; `scaling` is () or ("llama3", factor, low, high, orig_max)."""
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if not scaling:
+        return inv.astype(np.float32)
+    kind, factor, low_freq_factor, high_freq_factor, original_max = scaling
+    if kind != "llama3":
+        raise ValueError(f"unknown rope scaling type {kind!r}; supported: llama3")
+    low_freq_wavelen = original_max / low_freq_factor
+    high_freq_wavelen = original_max / high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > low_freq_wavelen, inv / factor, inv)
+    smooth = (original_max / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotate x (batch, length, heads, head_dim) by its positions (batch, length)."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # (B, T, hd/2)
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    x1, x2 = x32[..., :half], x32[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
