@@ -15,9 +15,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-    """A config problem the user can fix; the CLI prints it as one line."""
+from llm.errors import ConfigError
 
 
 def load_config_file(path: str | Path) -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from llm.config.loading import ConfigError
+from llm.errors import ConfigError
 
 _CHOICES = {
     "model.family": ("llama", "gpt2"),

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from llm.config.loading import ConfigError
+from llm.errors import ConfigError
 from llm.model.decoder import Decoder
 from llm.model.spec import ModelSpec
 from llm.parallel.rules import AxisRules

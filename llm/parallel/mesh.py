@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from llm.config.loading import ConfigError
+from llm.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

@@ -13,7 +13,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from llm.config.loading import ConfigError
+from llm.errors import ConfigError
 
 
 class AxisRules(NamedTuple):
