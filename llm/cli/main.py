@@ -15,6 +15,8 @@ from llm.errors import UserError
 
 # Modules under llm.cli that define subcommands, in the order `llm --help` lists them.
 SUBCOMMAND_MODULES = (
+    "train",
+    "bench",
     "config_cmd",
 )
 

@@ -70,16 +70,60 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     d = c.data
-    d.source = "text"  # text | synthetic
-    d.path = ""  # glob of text files; "" = the built-in text
-    d.eval_path = ""  # "" = hold out eval_fraction of the documents
+    d.source = "text"  # text | jsonl | parquet | arrayrecord | tfds | hf | synthetic
+    d.path = ""  # file, directory or glob (local or gs://); "" = the built-in text; tfds: dataset name
+    d.eval_path = ""  # "" = hold out eval_fraction of the documents (by a hash of the document key)
     d.eval_fraction = 0.05
-    d.tokenizer = "bytes"  # bytes | path to a sentencepiece .model
+    d.split = "train"  # tfds / hf dataset-dict split read for training
+    d.eval_split = ""  # tfds / hf split used for validation instead of a held-out fraction
+    d.data_dir = ""  # tfds data_dir
+    d.mixture = ()  # weighted sources "KIND:PATH@WEIGHT", e.g. ("jsonl:a/*.jsonl@0.7", "text:b/*.txt@0.3")
+    d.text_field = "text"  # field holding the document in JSONL / Parquet / ArrayRecord / TFDS / HF records
+    d.record_format = "json"  # arrayrecord records: json (objects with text_field) | text (raw UTF-8)
+    d.format = "pretrain"  # pretrain | sft (chat `messages` or prompt/response; loss on assistant tokens)
+    d.prompt_field = "prompt"
+    d.response_field = "response"
+    d.chat_template = "default"  # default | chatml | path to a template JSON file
+    d.tokenizer = "bytes"  # bytes | path to a sentencepiece .model | tokenizer directory
+    d.add_bos = True  # only where the tokenizer has BOS / EOS ids
+    d.add_eos = True
     d.seq_len = 128
     d.batch_size = 8  # global, in sequences
     d.packing = "first_fit"  # first_fit | concat
-    d.num_workers = 0
+    d.long_documents = "split"  # split | truncate | skip | fail (SFT examples are never split)
+    d.bad_input = "skip"  # skip (counted, logged, reported) | fail
+    d.num_workers = 0  # Grain worker processes for reading + tokenizing
+    d.worker_buffer_size = 2
+    d.prefetch = 2  # batches prefetched by a background thread
     d.seed = 0
+
+    d.curate = ml_collections.ConfigDict()
+    q = d.curate
+    q.normalize = "NFC"  # NFC | NFKC | "" (none)
+    q.min_chars = 50
+    q.max_chars = 1_000_000
+    q.min_words = 5
+    q.max_words = 200_000
+    q.min_mean_word_len = 2.0
+    q.max_mean_word_len = 15.0
+    q.max_symbol_word_ratio = 0.5
+    q.min_punct_line_frac = 0.0  # C4 uses lines ending in punctuation; 0 disables (code corpora)
+    q.max_dup_line_frac = 0.3
+    q.max_top_ngram_frac = 0.2  # most frequent 2-gram's share of characters (Gopher)
+    q.max_dup_ngram_frac = 0.2  # share of characters in duplicated 5-grams (Gopher)
+    q.exact_dedup = True
+    q.near_dedup = True
+    q.near_threshold = 0.8  # Jaccard similarity of 5-word shingles
+    q.num_perm = 128  # MinHash permutations = bands * rows
+    q.bands = 16
+    q.shingle = 5
+    q.pii = True
+    q.decontaminate = ""  # glob of evaluation files whose 13-grams are removed from training
+    q.decontam_ngram = 13
+    q.eval_fraction = 0.05  # train/validation split by content hash
+    q.shard_docs = 10_000  # documents per output shard
+    q.output_format = "arrayrecord"  # arrayrecord | jsonl
+    q.examples = 3  # removed examples kept per stage in the report
 
     c.train = ml_collections.ConfigDict()
     t = c.train
@@ -91,6 +135,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.eval_every = 50
     t.eval_steps = 4
     t.nan_policy = "stop"  # stop | skip
+    t.measure_peak = True  # on CPU, time a matmul at start for the MFU denominator
 
     c.optim = ml_collections.ConfigDict()
     o = c.optim
@@ -110,7 +155,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.tensor = 1
     c.mesh.rules = default_rules()
 
+    # Multi-process jobs (llm.parallel.distributed): "auto" detects Cloud TPU, SLURM and Open MPI.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.mode = "auto"  # auto | off | explicit | slurm | ompi | tpu
+    c.distributed.coordinator_address = ""  # HOST:PORT of process 0; "" = from the environment
+    c.distributed.num_processes = 0  # 0 = from the environment
+    c.distributed.process_id = -1  # -1 = from the environment
+    c.distributed.initialization_timeout = 300  # seconds to wait for every process
+    c.distributed.cpu_collectives = "gloo"  # cross-process collectives on CPU: gloo | mpi | ""
+
     c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 0  # 0 = only at the end
-    c.checkpoint.keep = 3
+    c.checkpoint.every_steps = 0  # 0 = only at the end (and on preemption)
+    c.checkpoint.every_minutes = 0.0  # 0 = no time-based saves
+    c.checkpoint.keep = 3  # temporary checkpoints kept
+    c.checkpoint.permanent_every_steps = 0  # steps that are multiples of this are never deleted
+    c.checkpoint.async_save = True
+    c.checkpoint.restore_step = -1  # -1 = the latest valid checkpoint
+    c.checkpoint.init_from = ""  # a params-only checkpoint directory or a workdir: weights only
     return c

@@ -14,7 +14,7 @@ _CHOICES = {
     "precision.params": ("float32", "bfloat16"),
     "precision.compute": ("auto", "float32", "bfloat16"),
     "precision.optimizer_state": ("float32", "bfloat16"),
-    "data.source": ("text", "synthetic"),
+    "data.source": ("text", "jsonl", "parquet", "arrayrecord", "tfds", "hf", "synthetic"),
     "data.packing": ("first_fit", "concat"),
     "optim.decay": ("cosine", "linear", "constant"),
     "train.nan_policy": ("stop", "skip"),

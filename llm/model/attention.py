@@ -53,7 +53,8 @@ class Attention(nnx.Module):
         self.rules = rules
         self.inv_freq = None if spec.is_gpt2 else tuple(inverse_frequencies(hd, spec.rope_theta, spec.rope_scaling))
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
+    def _project(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q, k, v for x (batch, length, d_model), rotated by their positions."""
         cd = self.spec.compute_dtype
         q = self.rules.constrain(self.q(x, cd), ("batch", "length", "act_heads", None))
         k = self.rules.constrain(self.k(x, cd), ("batch", "length", "act_kv_heads", None))
@@ -62,6 +63,37 @@ class Attention(nnx.Module):
             inv = jnp.asarray(self.inv_freq, jnp.float32)
             q = apply_rope(q, positions, inv)
             k = apply_rope(k, positions, inv)
+        return q, k, v
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
+        q, k, v = self._project(x, positions)
         out = attend(q, k, v, mask, self.spec.attention_impl)
         out = self.rules.constrain(out, ("batch", "length", "act_heads", None))
-        return self.o(out, cd)
+        return self.o(out, self.spec.compute_dtype)
+
+    def cached(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        k_cache: jax.Array,
+        v_cache: jax.Array,
+        index: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Attention for generation over a preallocated KV cache.
+
+        x (B, T, d) holds the tokens of cache slots index .. index+T-1; their keys and values are
+        written there and the queries attend over the whole cache under `mask` (B, 1, T, S),
+        which the caller builds from slot validity and causality. Returns (out, k_cache, v_cache).
+        The XLA path is used whatever `attention_impl` says: `attend`'s cuDNN path assumes a
+        square causal mask, which a cache is not.
+        """
+        q, k, v = self._project(x, positions)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+        cd = self.spec.compute_dtype
+        out = jax.nn.dot_product_attention(
+            q, k_cache.astype(cd), v_cache.astype(cd), mask=mask, implementation="xla"
+        )
+        out = self.rules.constrain(out, ("batch", "length", "act_heads", None))
+        return self.o(out, cd), k_cache, v_cache

@@ -48,3 +48,19 @@ class Block(nnx.Module):
         x = self.rules.constrain(x, ("batch", "length", "act_embed"))
         x = x + self.mlp(self.mlp_norm(x), self.rules)
         return self.rules.constrain(x, ("batch", "length", "act_embed"))
+
+    def cached(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        k_cache: jax.Array,
+        v_cache: jax.Array,
+        index: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The block for generation: attention reads and writes this layer's KV cache
+        (see Attention.cached). Returns (x, k_cache, v_cache)."""
+        h, k_cache, v_cache = self.attn.cached(self.attn_norm(x), positions, mask, k_cache, v_cache, index)
+        x = self.rules.constrain(x + h, ("batch", "length", "act_embed"))
+        x = x + self.mlp(self.mlp_norm(x), self.rules)
+        return self.rules.constrain(x, ("batch", "length", "act_embed")), k_cache, v_cache

@@ -77,6 +77,72 @@ class Decoder(nnx.Module):
                 x = block_fn(graphdef, state, x, positions, mask)
         return self.final_norm(x)
 
+    def init_cache(self, batch: int, length: int, dtype=None) -> dict:
+        """An empty KV cache for `length` slots: {"k", "v"}, each a tuple of per-layer
+        (batch, length, kv_heads, head_dim) arrays, or one array with a leading layer axis when
+        the blocks are scanned. Sharded like the attention activations."""
+        spec = self.spec
+        dtype = dtype or spec.compute_dtype
+        shape = (batch, length, spec.n_kv_heads, spec.head_dim)
+        names = ("batch", "length", "act_kv_heads", None)
+        if spec.scan_layers:
+            zeros = lambda: self.rules.constrain(jnp.zeros((spec.n_layers, *shape), dtype), ("layers", *names))
+            return {"k": zeros(), "v": zeros()}
+        zeros = lambda: tuple(self.rules.constrain(jnp.zeros(shape, dtype), names) for _ in range(spec.n_layers))
+        return {"k": zeros(), "v": zeros()}
+
+    def hidden_states_cached(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        kv_valid: jax.Array,
+        cache: dict,
+        index: jax.Array,
+    ) -> tuple[jax.Array, dict]:
+        """Final-norm hidden states for tokens (B, T) that occupy cache slots index..index+T-1.
+
+        `positions` (B, T) are the tokens' positions in their own sequence (RoPE / learned
+        positions), so rows may start at different slots (left padding). `kv_valid` (B, S) marks
+        the slots that hold a real token of the row; a query sees valid slots up to its own.
+        Returns (hidden, updated cache). Generation only: no remat, no segments.
+        """
+        spec = self.spec
+        cd = spec.compute_dtype
+        t = tokens.shape[1]
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(cd)
+        if self.pos_embed is not None:
+            x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(cd)
+        x = self.rules.constrain(x, ("batch", "length", "act_embed"))
+        slots = jnp.arange(kv_valid.shape[1])
+        query_slots = index + jnp.arange(t)
+        mask = kv_valid[:, None, None, :] & (slots[None, None, None, :] <= query_slots[None, None, :, None])
+        if spec.scan_layers:
+            graphdef, stacked = nnx.split(self.blocks)
+
+            def body(carry, layer_state):
+                h, k_all, v_all, layer = carry
+                k_l = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+                v_l = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
+                h, k_l, v_l = nnx.merge(graphdef, layer_state).cached(h, positions, mask, k_l, v_l, index)
+                # Write back only the new slots, not the whole layer.
+                k_new = jax.lax.dynamic_slice_in_dim(k_l, index, t, axis=1)[None]
+                v_new = jax.lax.dynamic_slice_in_dim(v_l, index, t, axis=1)[None]
+                k_all = jax.lax.dynamic_update_slice(k_all, k_new, (layer, 0, index, 0, 0))
+                v_all = jax.lax.dynamic_update_slice(v_all, v_new, (layer, 0, index, 0, 0))
+                return (h, k_all, v_all, layer + 1), None
+
+            init = (x, cache["k"], cache["v"], jnp.zeros((), jnp.int32))
+            (x, k_all, v_all, _), _ = jax.lax.scan(body, init, stacked)
+            new_cache = {"k": k_all, "v": v_all}
+        else:
+            ks, vs = [], []
+            for block, k_l, v_l in zip(self.blocks, cache["k"], cache["v"]):
+                x, k_l, v_l = block.cached(x, positions, mask, k_l, v_l, index)
+                ks.append(k_l)
+                vs.append(v_l)
+            new_cache = {"k": tuple(ks), "v": tuple(vs)}
+        return self.final_norm(x), new_cache
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """f32 logits over the real vocabulary; padded columns can never be predicted."""
         cd = self.spec.compute_dtype

@@ -1,0 +1,145 @@
+"""Training checkpoints in `<workdir>/checkpoints/`, through Orbax's CheckpointManager.
+
+One checkpoint holds the whole train state (params, optimizer state, step), the data iterator
+state and a metadata record (the config, the seed the step RNG derives from, the tokenizer
+fingerprint). Orbax writes each step into a temporary directory and renames it when complete,
+so a half-written checkpoint is never picked up; a finished one that is damaged later is
+detected at restore and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from llm.errors import UserError
+
+log = logging.getLogger("llm")
+
+
+class CheckpointMismatch(UserError):
+    """The checkpoint belongs to a different model or tokenizer."""
+
+
+def model_mismatch(saved: dict, current: dict) -> list[str]:
+    """Differences in the model section that make saved weights unusable here."""
+    ignore = {"scan_layers", "remat", "attention_impl"}  # layout/compute choices, not shapes
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        if key in ignore:
+            continue
+        if saved.get(key) != current.get(key):
+            diffs.append(f"model.{key}: checkpoint {saved.get(key)!r} vs config {current.get(key)!r}")
+    return diffs
+
+
+class Checkpointer:
+    """Async periodic saves (keep the last K, plus permanent ones every M steps) and restore."""
+
+    def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict, read_only: bool = False):
+        self.directory = Path(workdir).absolute() / "checkpoints"
+        ck = config.checkpoint
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max(int(ck.keep), 1),
+            keep_period=int(ck.permanent_every_steps) or None,
+            enable_async_checkpointing=bool(ck.async_save),
+            create=not read_only,
+            read_only=read_only,
+        )
+        self.config = config
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict | None, metadata: dict) -> None:
+        args = {
+            "state": ocp.args.StandardSave(state),
+            "meta": ocp.args.JsonSave(metadata),
+        }
+        if data_state is not None:
+            args["data"] = ocp.args.JsonSave(data_state)
+        self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    def read_metadata(self, step: int) -> dict:
+        path = self.directory / str(step) / "meta" / "metadata"
+        if not path.exists():
+            raise UserError(f"checkpoint {path.parent.parent} has no metadata; it is incomplete or not ours")
+        return json.loads(path.read_text())
+
+    def _restore_one(self, step: int, abstract_state: Any) -> tuple[Any, dict | None, dict]:
+        meta = self.read_metadata(step)
+        items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+        if (self.directory / str(step) / "data").exists():
+            items["data"] = ocp.args.JsonRestore()
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        data = restored["data"] if "data" in items else None
+        return restored["state"], data, meta
+
+    def check_compatible(self, step: int, tokenizer_fingerprint: str | None) -> None:
+        meta = self.read_metadata(step)
+        saved_model = meta.get("config", {}).get("model", {})
+        current = json.loads(self.config.model.to_json_best_effort())
+        diffs = model_mismatch(saved_model, current)
+        if diffs:
+            raise CheckpointMismatch(
+                f"checkpoint {self.directory / str(step)} is for a different model ({'; '.join(diffs[:3])}); "
+                "use a fresh --workdir or the matching config"
+            )
+        saved_fp = meta.get("tokenizer_fingerprint")
+        if saved_fp and tokenizer_fingerprint and saved_fp != tokenizer_fingerprint:
+            raise CheckpointMismatch(
+                f"checkpoint {self.directory / str(step)} was trained with tokenizer {saved_fp[:12]}, "
+                f"but this run uses {tokenizer_fingerprint[:12]}; use the checkpoint's tokenizer"
+            )
+
+    def restore(
+        self, abstract_state: Any, step: int | None = None, tokenizer_fingerprint: str | None = None
+    ) -> tuple[Any, dict | None, dict, int] | None:
+        """Restore `step` (an error if it is invalid), or the latest valid checkpoint.
+
+        Returns (state, data_state, metadata, step), or None when there is no checkpoint.
+        """
+        steps = self.steps()
+        if step is not None:
+            if step not in steps:
+                raise UserError(
+                    f"no checkpoint for step {step} in {self.directory} (available: {steps or 'none'}); pick one of those"
+                )
+            self.check_compatible(step, tokenizer_fingerprint)
+            try:
+                return (*self._restore_one(step, abstract_state), step)
+            except Exception as err:  # noqa: BLE001 - Orbax raises many types for damaged files
+                raise UserError(f"checkpoint {self.directory / str(step)} is damaged: {type(err).__name__}: {err}".splitlines()[0]) from err
+        for candidate in reversed(steps):
+            self.check_compatible(candidate, tokenizer_fingerprint)
+            try:
+                return (*self._restore_one(candidate, abstract_state), candidate)
+            except (CheckpointMismatch, KeyboardInterrupt):
+                raise
+            except Exception as err:  # noqa: BLE001 - fall back to an older checkpoint
+                log.warning(
+                    "checkpoint %s is damaged (%s: %s); falling back to the previous one",
+                    self.directory / str(candidate), type(err).__name__, str(err).splitlines()[0] if str(err) else "",
+                )
+        if steps:
+            raise UserError(f"every checkpoint in {self.directory} is damaged ({steps}); remove them or use a new --workdir")
+        return None
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs carrying each leaf's sharding: the restore target."""
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

@@ -1,0 +1,38 @@
+"""`llm bench [train|data|generate]`: measured throughput, side by side with a peer."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from llm.config.loading import load_config
+
+# target -> (module, function); each function takes (config, args) and prints/writes its figures.
+TARGETS = {
+    "train": ("llm.bench.train_bench", "run_train_bench"),
+    "data": ("llm.data.bench", "run_data_bench"),
+    "generate": ("llm.generate.bench", "run_generate_bench"),
+}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmark training, the data pipeline or generation")
+    p.add_argument("target", nargs="?", default="train", choices=sorted(TARGETS))
+    p.add_argument("--config", required=True)
+    p.add_argument("--steps", type=int, default=10, help="timed steps (train)")
+    p.add_argument("--vs-hf", action="store_true", help="also measure Hugging Face transformers on the same shape")
+    p.add_argument("--json", dest="json_path", default=None, help="write the figures to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.config_overrides)
+    module, name = TARGETS[args.target]
+    fn = getattr(importlib.import_module(module), name)
+    if args.target == "train":
+        fn(config, args.steps, args.vs_hf, args.json_path)
+    elif args.target == "generate":
+        fn(config, args.vs_hf, args.json_path)
+    else:
+        fn(config, args.json_path)
+    return 0

@@ -1,0 +1,232 @@
+"""The training loop: start-up source, steps, metrics, eval, checkpoints, preemption.
+
+Every training command (pretraining, SFT, LoRA, preference tuning) runs this loop with its own
+loss function, parameter split and data; the loop never knows which one it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from llm.checkpoint.manager import Checkpointer, abstract_like
+from llm.errors import UserError
+from llm.train.flops import device_peak_flops, flops_per_token
+from llm.train.metrics import MetricsLog, plot_loss_curve
+from llm.train.setup import TrainSetup, build_setup
+from llm.train.step import TrainState
+from llm.train.workdir import prepare_workdir, setup_logging
+
+log = logging.getLogger("llm")
+
+
+class NonFiniteError(UserError):
+    """Training produced NaN/Inf and the policy is `stop`."""
+
+
+@dataclasses.dataclass
+class RunHooks:
+    """What differs between training commands; the defaults are pretraining."""
+
+    loss_fn: Callable | None = None  # (trainable, frozen, batch, rng) -> (loss_sum, aux)
+    make_batches: Callable | None = None  # (config, split, process_index, process_count) -> iterator
+    init_params: Callable | None = None  # (setup, params) -> params, for init_from sources
+    frozen: Any = dataclasses.field(default_factory=dict)
+    tokenizer_fingerprint: str | None = None
+
+
+class _Preemption:
+    """SIGTERM / SIGINT set a flag; the loop saves at the next step boundary and exits 0."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handlers (tests calling the loop in threads)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        log.warning("received %s: saving a checkpoint at the next step boundary", signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _default_batches(config, split, process_index, process_count):
+    from llm.data.pipeline import make_batches
+
+    return make_batches(config, split, process_index, process_count)
+
+
+def _tokenizer_fingerprint(config: ml_collections.ConfigDict) -> str | None:
+    from llm.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(config.data.tokenizer).fingerprint
+
+
+def evaluate(setup: TrainSetup, params, frozen, batches: Iterator, steps: int) -> dict:
+    """Mean held-out loss and perplexity over up to `steps` batches."""
+    nll, tokens = 0.0, 0.0
+    for _, batch in zip(range(steps), batches):
+        out = jax.device_get(setup.eval_step(params, frozen, setup.shard_batch(batch)))
+        nll += float(out["nll_sum"])
+        tokens += float(out["tokens"])
+    if tokens == 0:
+        raise UserError("the validation split yielded no tokens; set data.eval_path or raise data.eval_fraction")
+    loss = nll / tokens
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": tokens}
+
+
+def _start(setup: TrainSetup, state: TrainState, ckpt: Checkpointer, hooks: RunHooks, batches) -> tuple[TrainState, str]:
+    """Resume > init_from checkpoint > init from Hugging Face > from scratch."""
+    config = setup.config
+    step = config.checkpoint.restore_step
+    restored = ckpt.restore(abstract_like(state), None if step < 0 else step, hooks.tokenizer_fingerprint)
+    if restored is not None:
+        new_state, data_state, _, at = restored
+        if data_state is not None and hasattr(batches, "set_state"):
+            batches.set_state(data_state)
+        return new_state, f"resumed from {ckpt.directory / str(at)} (step {at})"
+    if hooks.init_params is not None:
+        params, source = hooks.init_params(setup, state.params)
+        return state._replace(params=params), source
+    return state, "from scratch (no checkpoint in the workdir, no init_from)"
+
+
+def run_training(
+    config: ml_collections.ConfigDict, workdir: str | Path, *, overwrite: bool = False, hooks: RunHooks | None = None
+) -> dict:
+    """Train to `config.train.steps` and return a summary; resumable by calling it again."""
+    hooks = hooks or RunHooks()
+    is_main = jax.process_index() == 0
+    workdir = prepare_workdir(workdir, config, overwrite, write=is_main)
+    setup_logging(workdir, is_main)
+    if hooks.tokenizer_fingerprint is None:
+        hooks.tokenizer_fingerprint = _tokenizer_fingerprint(config)
+    setup, state = build_setup(config, hooks.loss_fn)
+    make_batches = hooks.make_batches or _default_batches
+    batches = make_batches(config, "train", jax.process_index(), jax.process_count())
+    ckpt = Checkpointer(workdir, config)
+    state, source = _start(setup, state, ckpt, hooks, batches)
+    log.info("start: %s", source)
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    log.info("model: %s, %.2fM trainable parameters, mesh %s", config.model.family, n_params / 1e6, dict(setup.mesh.shape))
+    peak, peak_source = device_peak_flops(measure_cpu=config.train.measure_peak)
+    log.info("MFU peak: %s", peak_source)
+    fpt = flops_per_token(setup.spec, config.data.seq_len)
+    tokens_per_step = config.data.batch_size * config.data.seq_len
+    metrics_log = MetricsLog(workdir, enabled=is_main)
+    metadata = {
+        "config": json.loads(config.to_json_best_effort()),
+        "seed": config.train.seed,
+        "tokenizer_fingerprint": hooks.tokenizer_fingerprint,
+    }
+
+    def save(at: int) -> None:
+        data_state = batches.get_state() if hasattr(batches, "get_state") else None
+        ckpt.save(at, state, data_state, metadata)
+
+    total = config.train.steps
+    step = int(jax.device_get(state.step))
+    start_step = step
+    summary: dict[str, Any] = {"start": source, "start_step": start_step}
+    every = config.checkpoint.every_steps
+    last_save_time = time.monotonic()
+    window_start, window_steps = None, 0
+    prev_finite = None
+    skipped = 0
+    last: dict[str, float] = {}
+    bar = tqdm(total=total, initial=step, disable=not is_main, desc="train", unit="step", dynamic_ncols=True)
+    with _Preemption() as preemption:
+        while step < total:
+            if preemption.requested or ckpt.manager.reached_preemption(step):
+                save(step)
+                ckpt.wait()
+                log.info("preempted: saved step %d to %s; re-run the same command to resume", step, ckpt.directory)
+                summary.update(preempted=True, step=step)
+                break
+            batch = setup.shard_batch(next(batches))
+            state, metrics = setup.train_step(state, batch, hooks.frozen)
+            step += 1
+            if prev_finite is not None and not bool(prev_finite[1]):
+                bad_step = prev_finite[0]
+                if config.train.nan_policy == "stop":
+                    raise NonFiniteError(
+                        f"non-finite loss or gradient norm at step {bad_step}; stopped without saving it "
+                        f"(last good checkpoint: {ckpt.steps()[-1] if ckpt.steps() else 'none'}); "
+                        "lower optim.lr or set train.nan_policy=skip"
+                    )
+                skipped += 1
+                log.warning("step %d: non-finite loss or gradient norm, update skipped", bad_step)
+            prev_finite = (step, metrics["finite"])
+            if window_start is None:
+                jax.block_until_ready(metrics["loss"])
+                window_start, window_steps = time.perf_counter(), 0
+            else:
+                window_steps += 1
+            bar.update(1)
+            if step % config.train.log_every == 0 or step == total:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if not math.isfinite(values["loss"]) and config.train.nan_policy == "stop":
+                    raise NonFiniteError(f"non-finite loss at step {step} (loss={values['loss']}); lower optim.lr or set train.nan_policy=skip")
+                elapsed = time.perf_counter() - window_start
+                if window_steps:
+                    values["step_time"] = elapsed / window_steps
+                    values["tokens_per_s"] = window_steps * tokens_per_step / elapsed
+                    if peak:
+                        values["mfu"] = values["tokens_per_s"] * fpt / (peak * jax.device_count())
+                window_start, window_steps = time.perf_counter(), 0
+                values.pop("finite", None)
+                values["skipped_steps"] = skipped
+                metrics_log.write(step, values)
+                last.update(values)
+                postfix = {"loss": f"{values['loss']:.3f}"}
+                if "tokens_per_s" in values:
+                    postfix["tok/s"] = f"{values['tokens_per_s']:.0f}"
+                if "mfu" in values:
+                    postfix["mfu"] = f"{100 * values['mfu']:.1f}%"
+                bar.set_postfix(postfix)
+            if config.train.eval_every and (step % config.train.eval_every == 0 or step == total):
+                eval_batches = make_batches(config, "validation", jax.process_index(), jax.process_count())
+                result = evaluate(setup, state.params, hooks.frozen, eval_batches, config.train.eval_steps)
+                metrics_log.write(step, result)
+                last.update(result)
+                log.info("step %d: eval loss %.4f, perplexity %.2f", step, result["eval_loss"], result["eval_perplexity"])
+                window_start = time.perf_counter()  # eval time is not training time
+            due_minutes = config.checkpoint.every_minutes and (time.monotonic() - last_save_time) / 60 >= config.checkpoint.every_minutes
+            if (every and step % every == 0) or due_minutes:
+                if prev_finite is not None and not bool(prev_finite[1]) and config.train.nan_policy == "stop":
+                    continue  # caught at the top of the next iteration; never save a bad state
+                save(step)
+                last_save_time = time.monotonic()
+        else:
+            if step > start_step or not ckpt.steps():
+                save(step)
+    bar.close()
+    ckpt.close()
+    metrics_log.close()
+    if is_main and (workdir / "metrics.jsonl").exists():
+        plot_loss_curve(workdir / "metrics.jsonl", workdir / "loss.png")
+    summary.update(step=step, skipped_steps=skipped, **{k: v for k, v in last.items() if isinstance(v, float)})
+    if is_main:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("done at step %d: %s", step, {k: round(v, 4) for k, v in last.items() if isinstance(v, float)})
+    return summary

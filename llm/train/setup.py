@@ -1,0 +1,136 @@
+"""Assemble a run from its config: mesh, rules, model, optimizer, sharded state, jitted steps.
+
+Everything here is created directly on the mesh: parameters by a jitted init with
+out_shardings, optimizer state by a jitted `optimizer.init` that inherits those shardings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from llm.errors import ConfigError
+from llm.model.build import init_params
+from llm.model.spec import ModelSpec, model_spec
+from llm.parallel.mesh import build_mesh
+from llm.parallel.rules import AxisRules
+from llm.train.loss import lm_loss_fn
+from llm.train.optimizer import build_optimizer
+from llm.train.step import LossFn, TrainState, make_eval_step, make_train_step
+
+log = logging.getLogger("llm")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    rules: AxisRules
+    spec: ModelSpec
+    graphdef: nnx.GraphDef
+    state_shardings: Any
+    batch_sharding: NamedSharding
+    train_step: Callable  # jitted (state, batch, frozen) -> (state, metrics), state donated
+    eval_step: Callable  # jitted (params, frozen, batch) -> {"nll_sum", "tokens"}
+    schedule: Callable
+
+    def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Place this process's rows of the global batch on the mesh."""
+        return {
+            k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in batch.items()
+        }
+
+
+def data_parallel_size(mesh: Mesh, rules: AxisRules) -> int:
+    return int(np.prod([mesh.shape[a] for a in rules.axes_for("batch")]))
+
+
+def check_batch(config: ml_collections.ConfigDict, mesh: Mesh, rules: AxisRules) -> None:
+    dp = data_parallel_size(mesh, rules)
+    batch = config.data.batch_size
+    if batch % dp:
+        raise ConfigError(
+            f"data.batch_size={batch} is not divisible by the data-parallel size {dp} "
+            f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); use a multiple of {dp}"
+        )
+    if batch % jax.process_count():
+        raise ConfigError(f"data.batch_size={batch} is not divisible by the {jax.process_count()} processes")
+
+
+def opt_state_shardings(optimizer, params, param_shardings, replicated: NamedSharding) -> Any:
+    """Moments shard like their parameters; counters and other scalars are replicated."""
+    abstract = jax.eval_shape(optimizer.init, params)
+    return optax.tree_map_params(
+        optimizer, lambda _, sharding: sharding, abstract, param_shardings, transform_non_params=lambda _: replicated
+    )
+
+
+def precision_summary(config: ml_collections.ConfigDict, spec: ModelSpec) -> str:
+    return (
+        f"precision: params {config.precision.params}, compute {jnp.dtype(spec.compute_dtype).name} "
+        f"(config: {config.precision.compute}), logits/loss float32, optimizer state {config.precision.optimizer_state}"
+    )
+
+
+def build_setup(
+    config: ml_collections.ConfigDict,
+    loss_fn: LossFn | None = None,
+    devices: list | None = None,
+) -> tuple[TrainSetup, TrainState]:
+    """Build the run and a freshly initialised, sharded TrainState."""
+    mesh = build_mesh(config.mesh, devices)
+    rules = AxisRules.from_config(config.mesh.rules, mesh)
+    check_batch(config, mesh, rules)
+    spec = model_spec(config, vocab_shards=rules.shards("vocab"), platform=mesh.devices.flat[0].platform)
+    if spec.padded_vocab != spec.vocab_size:
+        log.info(
+            "vocab padded from %d to %d (multiple of %d x %d vocab shards)",
+            spec.vocab_size, spec.padded_vocab, config.model.vocab_multiple, rules.shards("vocab"),
+        )
+    log.info(precision_summary(config, spec))
+    graphdef, params, param_shardings = init_params(spec, rules, config.train.seed)
+    optimizer, schedule = build_optimizer(config.optim, config.train.steps, config.precision.optimizer_state)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_state_shardings(optimizer, params, param_shardings, replicated))(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+    state = TrainState(step, params, opt_state)
+    state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+    batch_sharding = rules.sharding(("batch", "length"))
+    loss_fn = loss_fn or lm_loss_fn(graphdef, config.train.z_loss)
+    step_fn = make_train_step(
+        loss_fn,
+        optimizer,
+        schedule,
+        seed=config.train.seed,
+        grad_accum=config.train.grad_accum,
+        skip_nonfinite=config.train.nan_policy == "skip",
+    )
+    train_step = jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_sharding, None),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+    eval_step = jax.jit(make_eval_step(loss_fn), in_shardings=(state_shardings.params, None, batch_sharding))
+    setup = TrainSetup(
+        config=config,
+        mesh=mesh,
+        rules=rules,
+        spec=spec,
+        graphdef=graphdef,
+        state_shardings=state_shardings,
+        batch_sharding=batch_sharding,
+        train_step=train_step,
+        eval_step=eval_step,
+        schedule=schedule,
+    )
+    return setup, state
