@@ -29,18 +29,18 @@ def logical_axes_tree(abstract_state: nnx.State, n_layers: int, scanned: bool) -
         if axes is None:
             name = "/".join(str(p.key if hasattr(p, "key") else p) for p in path)
             raise ConfigError(f"parameter {name} has no logical axes; annotate it with llm.model.layers.param")
-        if variable.value.ndim == len(axes) + 1 and scanned:
+        if variable.get_value().ndim == len(axes) + 1 and scanned:
             axes = ("layers", *axes)
         return axes
 
     tree = jax.tree_util.tree_map_with_path(axes_of, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return nnx.State(tree).to_pure_dict() if isinstance(tree, nnx.State) else tree
+    return nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
 
 
 def param_shardings(abstract_state: nnx.State, spec: ModelSpec, rules: AxisRules) -> Any:
     """Pure-dict tree of NamedShardings for the parameters."""
     axes = logical_axes_tree(abstract_state, spec.n_layers, spec.scan_layers)
-    shapes = abstract_state.to_pure_dict()
+    shapes = nnx.to_pure_dict(abstract_state)
     return jax.tree_util.tree_map(
         lambda a, s: rules.sharding(a, s.shape), axes, shapes, is_leaf=lambda x: isinstance(x, tuple)
     )
@@ -52,7 +52,7 @@ def init_params(spec: ModelSpec, rules: AxisRules, seed: int) -> tuple[nnx.Graph
     shardings = param_shardings(abstract, spec, rules)
 
     def init():
-        return nnx.split(Decoder(spec, rules, nnx.Rngs(seed)))[1].to_pure_dict()
+        return nnx.to_pure_dict(nnx.split(Decoder(spec, rules, nnx.Rngs(seed)))[1])
 
     params = jax.jit(init, out_shardings=shardings)()
     return graphdef, params, shardings

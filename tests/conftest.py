@@ -1,0 +1,12 @@
+"""Test-wide setup: 8 simulated CPU devices (set before jax is imported), CPU platform only.
+
+Single-device tests pick `jax.devices()[:1]` explicitly; subprocesses inherit the environment.
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in flags:
+    os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -1,0 +1,101 @@
+"""The decoder: layer layouts, remat, packing, RoPE scaling and vocab padding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from helpers import random_batch, tiny_config
+from llm.model.build import init_params
+from llm.model.rope import inverse_frequencies
+from llm.model.spec import model_spec
+from llm.parallel.mesh import build_mesh
+from llm.parallel.rules import AxisRules
+from llm.train.loss import lm_loss_fn
+
+
+def build(*overrides, seed=0):
+    config = tiny_config(*overrides)
+    spec = model_spec(config, platform="cpu")
+    rules = AxisRules.from_config(config.mesh.rules, build_mesh(config.mesh, jax.devices()[:1]))
+    graphdef, params, _ = init_params(spec, rules, seed)
+    return graphdef, params, spec
+
+
+def forward(graphdef, params, batch):
+    return nnx.merge(graphdef, params)(batch["inputs"], batch["positions"], batch["segment_ids"])
+
+
+def stack_blocks(params):
+    blocks = [params["blocks"][i] for i in sorted(params["blocks"])]
+    return {**params, "blocks": jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *blocks)}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_scanned_layers_equal_the_python_loop(family):
+    kv = "model.n_kv_heads=4" if family == "gpt2" else "model.n_kv_heads=2"
+    graphdef, params, _ = build(f"model.family={family}", kv)
+    scan_graphdef, _, _ = build(f"model.family={family}", kv, "model.scan_layers=true")
+    batch = random_batch(256, 2, 32, packed=True)
+    a = forward(graphdef, params, batch)
+    b = forward(scan_graphdef, stack_blocks(params), batch)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["full", "save_matmul"])
+def test_remat_keeps_loss_and_gradients(policy):
+    batch = random_batch(256, 2, 32)
+    results = []
+    for remat in ("none", policy):
+        graphdef, params, _ = build(f"model.remat={remat}", "model.scan_layers=true")
+        loss_fn = lm_loss_fn(graphdef)
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, {}, batch, None)
+        results.append((loss, grads))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
+    for g0, g1 in zip(jax.tree_util.tree_leaves(results[0][1]), jax.tree_util.tree_leaves(results[1][1])):
+        np.testing.assert_allclose(g0, g1, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_packed_rows_do_not_attend_across_documents(family):
+    kv = "model.n_kv_heads=4" if family == "gpt2" else "model.n_kv_heads=2"
+    graphdef, params, _ = build(f"model.family={family}", kv)
+    packed = random_batch(256, 2, 48, packed=True)
+    logits = np.asarray(forward(graphdef, params, packed))
+    cut = 48 // 3
+    for lo, hi in ((0, cut), (cut, 48)):
+        alone = {k: v[:, lo:hi] for k, v in packed.items()}
+        alone["segment_ids"] = np.ones_like(alone["segment_ids"])
+        np.testing.assert_allclose(logits[:, lo:hi], np.asarray(forward(graphdef, params, alone)), rtol=1e-5, atol=1e-5)
+
+
+def test_llama3_rope_scaling_matches_transformers():
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf = transformers.LlamaConfig(
+        hidden_size=256, num_attention_heads=4, rope_theta=500000.0, max_position_embeddings=131072,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192},
+    )
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")
+    ours = inverse_frequencies(64, 500000.0, ("llama3", 8.0, 1.0, 4.0, 8192))
+    np.testing.assert_allclose(ours, expected.numpy(), rtol=1e-6)
+
+
+def test_padded_vocab_is_never_predicted():
+    graphdef, params, spec = build("model.vocab_size=200")
+    assert spec.padded_vocab == 256 and params["embed"].shape[0] == 256
+    logits = np.asarray(forward(graphdef, params, random_batch(200, 2, 16)))
+    assert (logits[..., 200:] <= -1e29).all()
+    assert np.isfinite(logits[..., :200]).all()
+
+
+def test_grouped_and_multi_query_attention_shapes():
+    for kv in (1, 2, 4):
+        graphdef, params, _ = build(f"model.n_kv_heads={kv}", "model.qkv_bias=true")
+        assert params["blocks"][0]["attn"]["k"]["kernel"].shape == (128, kv, 32)
+        assert params["blocks"][0]["attn"]["q"]["bias"].shape == (4, 32)
+        out = forward(graphdef, params, random_batch(256, 1, 8))
+        assert out.shape == (1, 8, 256)
