@@ -93,6 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.long_documents = "split"  # split | truncate | skip | fail (SFT examples are never split)
     d.bad_input = "skip"  # skip (counted, logged, reported) | fail
     d.num_workers = 0  # Grain worker processes for reading + tokenizing
+    d.read_threads = 0  # reader threads per process (raise for remote storage such as gs://)
     d.worker_buffer_size = 2
     d.prefetch = 2  # batches prefetched by a background thread
     d.seed = 0
@@ -106,11 +107,13 @@ def base_config() -> ml_collections.ConfigDict:
     q.max_words = 200_000
     q.min_mean_word_len = 2.0
     q.max_mean_word_len = 15.0
-    q.max_symbol_word_ratio = 0.5
+    # Defaults suit code and prose alike (the built-in corpus is Python); Gopher's prose values
+    # are noted where they differ.
+    q.max_symbol_word_ratio = 0.5  # Gopher: 0.1 ('#' starts every code comment)
     q.min_punct_line_frac = 0.0  # C4 uses lines ending in punctuation; 0 disables (code corpora)
-    q.max_dup_line_frac = 0.3
-    q.max_top_ngram_frac = 0.2  # most frequent 2-gram's share of characters (Gopher)
-    q.max_dup_ngram_frac = 0.2  # share of characters in duplicated 5-grams (Gopher)
+    q.max_dup_line_frac = 0.5  # Gopher: 0.3 (code repeats `else:`, `return`, ...)
+    q.max_top_ngram_frac = 0.2  # most frequent 2-gram's share of word characters (Gopher: 0.2)
+    q.max_dup_ngram_frac = 0.45  # share of word characters in repeated 5-grams (Gopher: 0.15)
     q.exact_dedup = True
     q.near_dedup = True
     q.near_threshold = 0.8  # Jaccard similarity of 5-word shingles
