@@ -16,8 +16,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llm.train.init_sources import apply_hf_architecture
     from llm.train.loop import run_training
 
-    config = load_config(args.config, args.config_overrides)
+    config = apply_hf_architecture(load_config(args.config, args.config_overrides))
     run_training(config, args.workdir, overwrite=args.overwrite)
     return 0

@@ -175,4 +175,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.async_save = True
     c.checkpoint.restore_step = -1  # -1 = the latest valid checkpoint
     c.checkpoint.init_from = ""  # a params-only checkpoint directory or a workdir: weights only
+    c.checkpoint.init_from_hf = ""  # a Hugging Face model directory (config.json + safetensors)
     return c

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from llm.checkpoint.manager import Checkpointer, abstract_like
 from llm.errors import UserError
+from llm.train.init_sources import init_params_hook
 from llm.train.flops import device_peak_flops, flops_per_token
 from llm.train.metrics import MetricsLog, plot_loss_curve
 from llm.train.setup import TrainSetup, build_setup
@@ -44,6 +45,32 @@ class RunHooks:
     init_params: Callable | None = None  # (setup, params) -> params, for init_from sources
     frozen: Any = dataclasses.field(default_factory=dict)
     tokenizer_fingerprint: str | None = None
+
+
+class _NonFiniteGuard:
+    """Names the step and the metric that went NaN/Inf; stops, or counts a skipped update."""
+
+    def __init__(self, policy: str, ckpt: Checkpointer):
+        self.policy = policy
+        self.ckpt = ckpt
+        self.checked: set[int] = set()
+
+    def check(self, step: int, metrics: dict) -> int:
+        if step in self.checked:
+            return 0
+        self.checked.add(step)
+        if bool(metrics["finite"]):
+            return 0
+        values = {k: float(metrics[k]) for k in ("loss", "grad_norm")}
+        bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
+        if self.policy == "stop":
+            good = self.ckpt.steps()
+            raise NonFiniteError(
+                f"non-finite {bad} at step {step}; stopped without saving it (last good checkpoint: "
+                f"{good[-1] if good else 'none'}); lower optim.lr or set train.nan_policy=skip"
+            )
+        log.warning("step %d: non-finite %s, update skipped", step, bad)
+        return 1
 
 
 class _Preemption:
@@ -121,6 +148,8 @@ def run_training(
     setup_logging(workdir, is_main)
     if hooks.tokenizer_fingerprint is None:
         hooks.tokenizer_fingerprint = _tokenizer_fingerprint(config)
+    if hooks.init_params is None:
+        hooks.init_params = init_params_hook(config)
     setup, state = build_setup(config, hooks.loss_fn)
     make_batches = hooks.make_batches or _default_batches
     batches = make_batches(config, "train", jax.process_index(), jax.process_count())
@@ -140,9 +169,14 @@ def run_training(
         "tokenizer_fingerprint": hooks.tokenizer_fingerprint,
     }
 
+    saved_steps = set(ckpt.steps())
+
     def save(at: int) -> None:
+        if at in saved_steps:
+            return
         data_state = batches.get_state() if hasattr(batches, "get_state") else None
         ckpt.save(at, state, data_state, metadata)
+        saved_steps.add(at)
 
     total = config.train.steps
     step = int(jax.device_get(state.step))
@@ -151,7 +185,8 @@ def run_training(
     every = config.checkpoint.every_steps
     last_save_time = time.monotonic()
     window_start, window_steps = None, 0
-    prev_finite = None
+    prev = None  # (step, metrics) not yet checked for NaN/Inf: checked one step late, so the host never stalls the device
+    guard = _NonFiniteGuard(config.train.nan_policy, ckpt)
     skipped = 0
     last: dict[str, float] = {}
     bar = tqdm(total=total, initial=step, disable=not is_main, desc="train", unit="step", dynamic_ncols=True)
@@ -166,17 +201,9 @@ def run_training(
             batch = setup.shard_batch(next(batches))
             state, metrics = setup.train_step(state, batch, hooks.frozen)
             step += 1
-            if prev_finite is not None and not bool(prev_finite[1]):
-                bad_step = prev_finite[0]
-                if config.train.nan_policy == "stop":
-                    raise NonFiniteError(
-                        f"non-finite loss or gradient norm at step {bad_step}; stopped without saving it "
-                        f"(last good checkpoint: {ckpt.steps()[-1] if ckpt.steps() else 'none'}); "
-                        "lower optim.lr or set train.nan_policy=skip"
-                    )
-                skipped += 1
-                log.warning("step %d: non-finite loss or gradient norm, update skipped", bad_step)
-            prev_finite = (step, metrics["finite"])
+            if prev is not None:
+                skipped += guard.check(*prev)
+            prev = (step, metrics)
             if window_start is None:
                 jax.block_until_ready(metrics["loss"])
                 window_start, window_steps = time.perf_counter(), 0
@@ -185,8 +212,8 @@ def run_training(
             bar.update(1)
             if step % config.train.log_every == 0 or step == total:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not math.isfinite(values["loss"]) and config.train.nan_policy == "stop":
-                    raise NonFiniteError(f"non-finite loss at step {step} (loss={values['loss']}); lower optim.lr or set train.nan_policy=skip")
+                skipped += guard.check(step, metrics)
+                prev = None
                 elapsed = time.perf_counter() - window_start
                 if window_steps:
                     values["step_time"] = elapsed / window_steps
@@ -213,13 +240,15 @@ def run_training(
                 window_start = time.perf_counter()  # eval time is not training time
             due_minutes = config.checkpoint.every_minutes and (time.monotonic() - last_save_time) / 60 >= config.checkpoint.every_minutes
             if (every and step % every == 0) or due_minutes:
-                if prev_finite is not None and not bool(prev_finite[1]) and config.train.nan_policy == "stop":
-                    continue  # caught at the top of the next iteration; never save a bad state
+                if prev is not None:
+                    skipped += guard.check(*prev)  # never save a bad state
+                    prev = None
                 save(step)
                 last_save_time = time.monotonic()
         else:
-            if step > start_step or not ckpt.steps():
-                save(step)
+            if prev is not None:
+                skipped += guard.check(*prev)
+            save(step)
     bar.close()
     ckpt.close()
     metrics_log.close()

@@ -19,7 +19,8 @@ from llm.errors import UserError
 
 CONFIG_FILE = "config.json"
 # Keys a resumed run may change without becoming a different run.
-RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.eval_every", "train.eval_steps", "checkpoint", "data.num_workers")
+RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.eval_every", "train.eval_steps", "checkpoint", "data.num_workers",
+                  "distributed")  # how the processes find each other (per-process ids, ports) is not the run
 
 
 def _strip(config: dict) -> dict:

@@ -1,0 +1,59 @@
+"""Turn a training checkpoint into a params-only checkpoint (llm.checkpoint.params_io)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from llm.checkpoint.manager import Checkpointer
+from llm.checkpoint.params_io import config_from_json, int_keys, save_params
+from llm.errors import UserError
+
+log = logging.getLogger("llm")
+
+
+def restore_params(workdir: str | Path, step: int = -1) -> tuple:
+    """(config, params on the default device, step) from a workdir's checkpoint, weights only."""
+    workdir = Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{str(workdir)!r} is not a run workdir (no config.json); pass the --workdir of an `llm train` run")
+    config = config_from_json(config_path.read_text(), str(config_path))
+    ckpt = Checkpointer(workdir, config, read_only=True)
+    steps = ckpt.steps()
+    if not steps:
+        raise UserError(f"{str(workdir)!r} has no checkpoints; train first")
+    if step >= 0 and step not in steps:
+        raise UserError(f"no checkpoint for step {step} in {ckpt.directory} (available: {steps})")
+    candidates = [step] if step >= 0 else list(reversed(steps))
+    ckpt.close()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    for candidate in candidates:
+        path = ckpt.directory / str(candidate) / "state"
+        try:
+            checkpointer = ocp.PyTreeCheckpointer()
+            meta = checkpointer.metadata(path)
+            tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+            target = {"params": jax.tree_util.tree_map(
+                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), tree["params"]
+            )}
+            restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True,
+            ))
+            return config, int_keys(restored["params"]), candidate
+        except Exception as err:  # noqa: BLE001 - damaged checkpoint: try the previous one
+            if step >= 0:
+                raise UserError(f"checkpoint {path.parent} is damaged ({type(err).__name__}); export another step") from err
+            log.warning("checkpoint %s is damaged (%s); trying the previous one", path.parent, type(err).__name__)
+    raise UserError(f"every checkpoint in {ckpt.directory} is damaged")
+
+
+def export_workdir(workdir: str | Path, out: str | Path, step: int = -1, dtype: str | None = None) -> Path:
+    config, params, at = restore_params(workdir, step)
+    tokenizer_dir = Path(workdir) / "tokenizer"
+    out = save_params(out, params, config, tokenizer_dir if tokenizer_dir.is_dir() else None, dtype=dtype)
+    log.info("exported step %d of %s to %s", at, workdir, out)
+    return out
