@@ -152,6 +152,7 @@ def test_batch_k_depends_only_on_seed_and_k(tmp_path):
     assert not all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, c))
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches(tmp_path):
     path = write_docs(tmp_path / "d", random_docs(50, 20, 200))
     serial = take(make_batches(tiny(path=path)), 6)
@@ -164,6 +165,16 @@ def test_worker_processes_give_the_same_batches(tmp_path):
     resumed = make_batches(tiny(path=path, num_workers=2))
     resumed.set_state(state)
     assert_batches_equal(parallel[3:], take(resumed, 3))
+
+
+def test_reader_threads_give_the_same_batches(tmp_path):
+    import json as _json
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(_json.dumps({"text": t}) + "\n" for t in random_docs(60, 20, 200)))
+    serial = take(make_batches(tiny(source="jsonl", path=str(path))), 5)
+    threaded = take(make_batches(tiny(source="jsonl", path=str(path), read_threads=4)), 5)
+    assert_batches_equal(serial, threaded)
 
 
 def test_process_shards_are_disjoint_and_cover_the_data(tmp_path):
@@ -246,6 +257,15 @@ def test_bad_input_policy(tmp_path):
         make_batches(tiny(path=str(d / "doc0000.txt"), eval_fraction=0.05), "validation")
 
 
+def test_a_source_with_no_usable_record_is_an_error(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    for i in range(3):
+        (d / f"{i}.txt").write_text(" \n")
+    with pytest.raises(UserError, match="yielded no usable records .*3 empty document"):
+        next(make_batches(tiny(path=str(d / "*.txt"), eval_fraction=0.0)))
+
+
 def test_long_document_policies(tmp_path):
     path = write_docs(tmp_path / "d", ["short doc " * 3, "y" * 500])
     with pytest.raises(UserError, match="longer than data.seq_len"):
@@ -286,18 +306,20 @@ def test_packed_rows_match_each_document_alone_through_the_model(tmp_path):
     mesh = build_mesh(config.mesh, jax.devices()[:1])
     rules = AxisRules.from_config(config.mesh.rules, mesh)
     graphdef, params, _ = init_params(model_spec(config), rules, seed=0)
-    model = nnx.merge(graphdef, params)
-    packed = np.asarray(model(jnp.asarray(batch["inputs"]), jnp.asarray(batch["positions"]), jnp.asarray(batch["segment_ids"])))
+    forward = jax.jit(lambda p, t, pos, seg: nnx.merge(graphdef, p)(t, pos, seg))
     # Each document alone, left-aligned in its own row (trailing padding cannot affect a causal
-    # model), all in one call so there is one compile.
-    spans = [(i, np.flatnonzero(batch["segment_ids"][i] == s)) for i in range(2) for s in np.unique(batch["segment_ids"][i][batch["segment_ids"][i] > 0])]
-    alone_tokens = np.zeros((len(spans), 128), np.int32)
-    alone_segments = np.zeros((len(spans), 128), np.int32)
+    # model), stacked under the packed rows so one forward call (one compile) serves both.
+    seg = batch["segment_ids"]
+    spans = [(i, np.flatnonzero(seg[i] == s)) for i in range(2) for s in np.unique(seg[i][seg[i] > 0])]
+    tokens = np.zeros((2 + len(spans), 128), np.int32)
+    segments = np.zeros_like(tokens)
+    positions = np.zeros_like(tokens)
+    tokens[:2], segments[:2], positions[:2] = batch["inputs"], seg, batch["positions"]
     for j, (i, idx) in enumerate(spans):
-        alone_tokens[j, : len(idx)] = batch["inputs"][i][idx]
-        alone_segments[j, : len(idx)] = 1
-    positions = np.broadcast_to(np.arange(128, dtype=np.int32), alone_tokens.shape)
-    alone = np.asarray(model(jnp.asarray(alone_tokens), jnp.asarray(positions), jnp.asarray(alone_segments)))
+        tokens[2 + j, : len(idx)] = batch["inputs"][i][idx]
+        segments[2 + j, : len(idx)] = 1
+        positions[2 + j] = np.arange(128)
+    logits = np.asarray(forward(params, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments)))
     for j, (i, idx) in enumerate(spans):
-        np.testing.assert_allclose(packed[i, idx, :256], alone[j, : len(idx), :256], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(logits[i, idx, :256], logits[2 + j, : len(idx), :256], rtol=1e-5, atol=1e-5)
     assert len(spans) >= 4

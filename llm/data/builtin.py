@@ -19,7 +19,7 @@ import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -128,15 +128,18 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def build_builtin(out: str | Path, *, eval_fraction: float = 0.1, max_chars: int = 1200, num_labels: int = 8) -> dict:
-    """Write the corpus under `out` and return the manifest (also written to out/manifest.json)."""
+def build_builtin(
+    out: str | Path, *, eval_fraction: float = 0.1, max_chars: int = 1200, num_labels: int = 8, files: Sequence[str] | None = None
+) -> dict:
+    """Write the corpus under `out` and return the manifest (also written to out/manifest.json).
+    `files` restricts it to some standard library files (default: all)."""
     out = Path(out)
     root = stdlib_root()
     records: dict[str, dict[str, list[dict]]] = {k: {s: [] for s in SPLITS} for k in KINDS}
     functions: dict[str, list[Function]] = {s: [] for s in SPLITS}
     skipped = 0
     packages_seen = []  # top-level names that are directories (packages), the classification labels
-    for path in stdlib_files():
+    for path in stdlib_files() if files is None else files:
         module = module_name(path, root)
         if len(Path(path).relative_to(root).parts) > 1:
             packages_seen.append(module.split(".")[0])

@@ -19,7 +19,7 @@ import numpy as np
 
 from llm.data.encode import Encoded, PretrainEncoder
 from llm.data.mixture import mixture_sources, parse_mixture
-from llm.data.sources import BadRecord, open_source
+from llm.data.sources import BadRecord
 from llm.data.shuffle import endless_shuffle
 from llm.data.split import is_validation
 from llm.data.tokenizer import Tokenizer, load_tokenizer
@@ -104,15 +104,24 @@ def _length(encoded) -> int:
 class PolicyStage:
     """Applies data.bad_input (skip | fail) in the main process, so the counts are complete."""
 
-    def __init__(self, policy: str, long_policy: str):
+    def __init__(self, policy: str, long_policy: str, records: int):
         self.policy = policy
         self.long_policy = long_policy
+        # More bad records in a row than the source holds means every record is bad: stop
+        # instead of skipping forever.
+        self.records = records
+        self.bad_in_a_row = 0
         self.skipped: dict[str, int] = {}
         self.first: dict[str, str] = {}
 
     def __call__(self, element):
         if not isinstance(element, BadRecord):
+            self.bad_in_a_row = 0
             return element
+        self.bad_in_a_row += 1
+        if self.bad_in_a_row > self.records:
+            counts = ", ".join(f"{n} {reason}" for reason, n in self.skipped.items())
+            raise UserError(f"the data source yielded no usable records ({counts}; first at {next(iter(self.first.values()), element.where)}); fix the data or its settings")
         policy = self.long_policy if isinstance(element, TooLong) else self.policy
         if policy == "fail":
             setting = "data.long_documents" if isinstance(element, TooLong) else "data.bad_input"
@@ -235,9 +244,10 @@ def encoded_stream(
     """Shuffled, sharded, encoded (in workers) records with bad input removed by the policy."""
     d = config.data
     encode = _EncodeStage(encoder, max_tokens)
-    parts = []
+    parts, records = [], 0
     for j, (docs, weight, _name) in enumerate(_documents(config, split)):
         parts.append((endless_shuffle(grain.MapDataset.source(docs), d.seed + 7919 * j), weight))
+        records += len(docs)
     if len(parts) == 1:
         ds = parts[0][0]
     else:
@@ -248,7 +258,7 @@ def encoded_stream(
         _absl_flags_ready()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers, per_worker_buffer_size=d.worker_buffer_size))
     long_policy = d.long_documents if d.long_documents in ("skip", "fail") else d.bad_input
-    policy = PolicyStage(d.bad_input, long_policy)
+    policy = PolicyStage(d.bad_input, long_policy, records)
     return it.map(policy).filter(lambda x: x is not None), policy
 
 
@@ -326,7 +336,7 @@ def _close(holder: list) -> None:
 
 def iterator_meta(config: ml_collections.ConfigDict, split: str, process_index: int, process_count: int) -> dict:
     d = config.data
-    keys = ("source", "path", "eval_path", "eval_fraction", "mixture", "tokenizer", "seq_len", "batch_size", "packing", "seed", "format")
+    keys = ("source", "path", "eval_path", "eval_fraction", "mixture", "tokenizer", "seq_len", "batch_size", "packing", "seed", "format", "num_workers")
     meta = {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in keys}
     meta.update(split=split, process_index=process_index, process_count=process_count)
     return meta

@@ -16,8 +16,9 @@ import glob
 import json
 import os
 import sysconfig
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -66,9 +67,10 @@ def expand_paths(pattern: str, what: str = "data.path") -> tuple[list[str], str]
             files, root = [str(p)], str(p.parent)
         else:
             files = sorted(f for f in glob.glob(str(p), recursive=True) if os.path.isfile(f))
-            root = os.path.commonpath(files) if len(files) > 1 else (os.path.dirname(files[0]) if files else "")
-            if files and os.path.isfile(root):
-                root = os.path.dirname(root)
+            # Keys are relative to the pattern's fixed prefix, so adding files never moves them.
+            parts = Path(str(p)).parts
+            cut = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts) - 1)
+            root = str(Path(*parts[:cut])) if cut else ""
     if not files:
         raise UserError(f"{what}={pattern!r} matches no files; check the path or glob")
     return files, root
@@ -121,7 +123,8 @@ class TextFiles:
 
 
 class JsonlFiles:
-    """One JSON object per line; the line offsets are indexed once so records are random-access."""
+    """One JSON object per line; line offsets are indexed once so records are random-access.
+    Local files are read with os.pread (thread-safe, no shared file position)."""
 
     kind = "jsonl"
 
@@ -129,27 +132,39 @@ class JsonlFiles:
         self.files = list(files)
         self.root = root
         self.name = name
-        file_ids, starts, lines = [], [], []
+        file_ids, starts, lengths, lines = [], [], [], []
         for fid, path in enumerate(self.files):
-            offsets, numbers = _line_index(path)
+            offsets, sizes, numbers = _line_index(path)
             file_ids.append(np.full(len(offsets), fid, np.int32))
             starts.append(offsets)
+            lengths.append(sizes)
             lines.append(numbers)
         self._file = np.concatenate(file_ids) if file_ids else np.zeros(0, np.int32)
         self._start = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+        self._length = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
         self._line = np.concatenate(lines) if lines else np.zeros(0, np.int64)
-        self._handles: dict[int, Any] = {}
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._start)
 
+    def _read(self, fid: int, start: int, length: int) -> bytes:
+        path = self.files[fid]
+        if _is_remote(path):
+            with self._lock, open_file(path) as f:
+                f.seek(start)
+                return f.read(length)
+        fd = self._fds.get(fid)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(fid)
+                if fd is None:
+                    fd = self._fds[fid] = os.open(path, os.O_RDONLY)
+        return os.pread(fd, length, start)
+
     def __getitem__(self, i: int) -> dict | BadRecord:
-        fid = int(self._file[i])
-        handle = self._handles.get(fid)
-        if handle is None:
-            handle = self._handles[fid] = open_file(self.files[fid])
-        handle.seek(int(self._start[i]))
-        raw = handle.readline()
+        raw = self._read(int(self._file[i]), int(self._start[i]), int(self._length[i]))
         where = self.where(i)
         text = decode_utf8(raw, where)
         if isinstance(text, BadRecord):
@@ -170,21 +185,34 @@ class JsonlFiles:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_handles"] = {}
+        state["_fds"] = {}
+        del state["_lock"]
         return state
 
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
-def _line_index(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Byte offsets and 1-based line numbers of the non-blank lines of a file."""
-    offsets, numbers = [], []
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _line_index(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Byte offsets, byte lengths and 1-based line numbers of the non-blank lines of a file."""
+    offsets, sizes, numbers = [], [], []
     pos = 0
     with open_file(path) as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
                 offsets.append(pos)
+                sizes.append(len(line))
                 numbers.append(number)
             pos += len(line)
-    return np.asarray(offsets, np.int64), np.asarray(numbers, np.int64)
+    return np.asarray(offsets, np.int64), np.asarray(sizes, np.int64), np.asarray(numbers, np.int64)
 
 
 class _TableRows(abc.ABC):

@@ -20,7 +20,7 @@ def ngram_hashes(tokens: list[str], n: int) -> np.ndarray:
     """uint64 hashes of the word n-grams (one hash of all words when there are fewer than n)."""
     if not tokens:
         return np.zeros(0, np.uint64)
-    w = np.fromiter((zlib.crc32(t.encode("utf-8")) for t in tokens), np.uint64, len(tokens))
+    w = np.fromiter(map(zlib.crc32, map(str.encode, tokens)), np.uint64, len(tokens))
     if len(w) < n:
         n = len(w)
     count = len(w) - n + 1
