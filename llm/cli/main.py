@@ -15,9 +15,16 @@ from llm.errors import UserError
 
 # Modules under llm.cli that define subcommands, in the order `llm --help` lists them.
 SUBCOMMAND_MODULES = (
+    "quickstart",
     "train",
+    "export",
+    "generate",
     "bench",
     "config_cmd",
+    "convert",
+    "compile_cmd",
+    "data_cmd",
+    "tokenizer_cmd",
 )
 
 

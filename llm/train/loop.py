@@ -103,10 +103,15 @@ def _default_batches(config, split, process_index, process_count):
     return make_batches(config, split, process_index, process_count)
 
 
-def _tokenizer_fingerprint(config: ml_collections.ConfigDict) -> str | None:
+def _store_tokenizer(config: ml_collections.ConfigDict, workdir: Path, write: bool) -> str:
+    """Keep the run's tokenizer in <workdir>/tokenizer (it travels with the checkpoints)."""
     from llm.data.tokenizer import load_tokenizer
 
-    return load_tokenizer(config.data.tokenizer).fingerprint
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    target = workdir / "tokenizer"
+    if write and not target.exists():
+        tokenizer.save(target)
+    return tokenizer.fingerprint
 
 
 def evaluate(setup: TrainSetup, params, frozen, batches: Iterator, steps: int) -> dict:
@@ -147,7 +152,7 @@ def run_training(
     workdir = prepare_workdir(workdir, config, overwrite, write=is_main)
     setup_logging(workdir, is_main)
     if hooks.tokenizer_fingerprint is None:
-        hooks.tokenizer_fingerprint = _tokenizer_fingerprint(config)
+        hooks.tokenizer_fingerprint = _store_tokenizer(config, workdir, is_main)
     if hooks.init_params is None:
         hooks.init_params = init_params_hook(config)
     setup, state = build_setup(config, hooks.loss_fn)
