@@ -23,7 +23,7 @@ def section(title: str) -> str:
 
 
 def logical_lines(block: str) -> list[str]:
-    joined = re.sub(r"\\\n\s*", " ", block)
+    joined = re.sub(r"\s*\\\n\s*", " ", block)
     return [re.sub(r"\s+#.*$", "", line).strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
 
 
