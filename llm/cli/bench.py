@@ -1,4 +1,4 @@
-"""`llm bench [train|data|generate]`: measured throughput, side by side with a peer."""
+"""`llm bench [train|checkpoint|data|generate]`: measured throughput, side by side with a peer."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from llm.config.loading import load_config
 # target -> (module, function); each function takes (config, args) and prints/writes its figures.
 TARGETS = {
     "train": ("llm.bench.train_bench", "run_train_bench"),
+    "checkpoint": ("llm.bench.checkpoint_bench", "run_checkpoint_bench"),
     "data": ("llm.data.bench", "run_data_bench"),
     "generate": ("llm.generate.bench", "run_generate_bench"),
 }
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     fn = getattr(importlib.import_module(module), name)
     if args.target == "train":
         fn(config, args.steps, args.vs_hf, args.json_path)
+    elif args.target == "checkpoint":
+        fn(config, args.steps, args.json_path)
     elif args.target == "generate":
         fn(config, args.vs_hf, args.json_path)
     else:

@@ -25,7 +25,7 @@ from llm.errors import UserError
 from llm.train.init_sources import init_params_hook
 from llm.train.flops import device_peak_flops, flops_per_token
 from llm.train.metrics import MetricsLog, plot_loss_curve
-from llm.train.setup import TrainSetup, build_setup
+from llm.train.setup import TrainSetup, build_partitioned_setup, build_setup
 from llm.train.step import TrainState
 from llm.train.workdir import prepare_workdir, setup_logging
 
@@ -45,6 +45,11 @@ class RunHooks:
     init_params: Callable | None = None  # (setup, params) -> params, for init_from sources
     frozen: Any = dataclasses.field(default_factory=dict)
     tokenizer_fingerprint: str | None = None
+    # Fine-tuning (all optional; pretraining leaves them unset):
+    partition: Any = None  # llm.train.partition.Partition: what is trained; frozen weights are re-derived, never checkpointed
+    should_stop: Callable | None = None  # (step, eval result) -> bool, asked after each eval (early stopping)
+    on_finish: Callable | None = None  # (setup, state, frozen, summary) -> dict | None, merged into summary.json
+    eval_at_start: bool = False  # evaluate the start weights before the first step (summary: start_eval_loss)
 
 
 class _NonFiniteGuard:
@@ -74,14 +79,20 @@ class _NonFiniteGuard:
 
 
 class _Preemption:
-    """SIGTERM / SIGINT set a flag; the loop saves at the next step boundary and exits 0."""
+    """SIGTERM / SIGINT set a flag; the loop saves at the next step boundary and exits 0.
 
-    def __init__(self):
+    With several processes a local flag would make hosts disagree on the step (and deadlock in
+    the collective save), so there only JAX's preemption sync point (which Orbax's
+    `reached_preemption` consults) decides, and we leave SIGTERM to JAX's own notifier.
+    """
+
+    def __init__(self, multi_process: bool):
         self.requested = False
         self._previous = {}
+        self._signals = (signal.SIGINT,) if multi_process else (signal.SIGTERM, signal.SIGINT)
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in self._signals:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: no handlers (tests calling the loop in threads)
@@ -127,8 +138,20 @@ def evaluate(setup: TrainSetup, params, frozen, batches: Iterator, steps: int) -
     return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": tokens}
 
 
-def _start(setup: TrainSetup, state: TrainState, ckpt: Checkpointer, hooks: RunHooks, batches) -> tuple[TrainState, str]:
-    """Resume > init_from checkpoint > init from Hugging Face > from scratch."""
+def _load_partitioned(setup: TrainSetup, hooks: RunHooks) -> tuple[Any, Any, str]:
+    """(trainable, frozen, source): the start weights through the run's partition."""
+    full, source = hooks.init_params(setup, setup.base_params)
+    _, trainable, frozen = setup.partition.apply(setup.base_graphdef, full)
+    return trainable, frozen, source
+
+
+def _start(
+    setup: TrainSetup, state: TrainState, ckpt: Checkpointer, hooks: RunHooks, batches, frozen: Any
+) -> tuple[TrainState, str, Any]:
+    """Resume > init_from checkpoint > init from Hugging Face > from scratch.
+
+    A partitioned run checkpoints only its trainable part, so on resume the frozen part is
+    derived again from the start weights."""
     config = setup.config
     step = config.checkpoint.restore_step
     restored = ckpt.restore(abstract_like(state), None if step < 0 else step, hooks.tokenizer_fingerprint)
@@ -136,11 +159,18 @@ def _start(setup: TrainSetup, state: TrainState, ckpt: Checkpointer, hooks: RunH
         new_state, data_state, _, at = restored
         if data_state is not None and hasattr(batches, "set_state"):
             batches.set_state(data_state)
-        return new_state, f"resumed from {ckpt.directory / str(at)} (step {at})"
+        source = f"resumed from {ckpt.directory / str(at)} (step {at})"
+        if setup.partition is not None and hooks.init_params is not None:
+            _, frozen, frozen_source = _load_partitioned(setup, hooks)
+            source += f"; frozen weights from {frozen_source}"
+        return new_state, source, frozen
     if hooks.init_params is not None:
+        if setup.partition is not None:
+            trainable, frozen, source = _load_partitioned(setup, hooks)
+            return state._replace(params=trainable), source, frozen
         params, source = hooks.init_params(setup, state.params)
-        return state._replace(params=params), source
-    return state, "from scratch (no checkpoint in the workdir, no init_from)"
+        return state._replace(params=params), source, frozen
+    return state, "from scratch (no checkpoint in the workdir, no init_from)", frozen
 
 
 def run_training(
@@ -155,11 +185,15 @@ def run_training(
         hooks.tokenizer_fingerprint = _store_tokenizer(config, workdir, is_main)
     if hooks.init_params is None:
         hooks.init_params = init_params_hook(config)
-    setup, state = build_setup(config, hooks.loss_fn)
+    if hooks.partition is None:
+        setup, state = build_setup(config, hooks.loss_fn)
+        frozen = hooks.frozen
+    else:
+        setup, state, frozen = build_partitioned_setup(config, hooks.partition)
     make_batches = hooks.make_batches or _default_batches
     batches = make_batches(config, "train", jax.process_index(), jax.process_count())
     ckpt = Checkpointer(workdir, config)
-    state, source = _start(setup, state, ckpt, hooks, batches)
+    state, source, frozen = _start(setup, state, ckpt, hooks, batches, frozen)
     log.info("start: %s", source)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     log.info("model: %s, %.2fM trainable parameters, mesh %s", config.model.family, n_params / 1e6, dict(setup.mesh.shape))
@@ -187,6 +221,12 @@ def run_training(
     step = int(jax.device_get(state.step))
     start_step = step
     summary: dict[str, Any] = {"start": source, "start_step": start_step}
+    if hooks.eval_at_start and config.train.eval_every and step == 0 and step < total:
+        eval_batches = make_batches(config, "validation", jax.process_index(), jax.process_count())
+        result = evaluate(setup, state.params, frozen, eval_batches, config.train.eval_steps)
+        metrics_log.write(0, result)
+        summary["start_eval_loss"] = result["eval_loss"]
+        log.info("step 0: eval loss %.4f, perplexity %.2f (start weights)", result["eval_loss"], result["eval_perplexity"])
     every = config.checkpoint.every_steps
     last_save_time = time.monotonic()
     window_start, window_steps = None, 0
@@ -195,7 +235,7 @@ def run_training(
     skipped = 0
     last: dict[str, float] = {}
     bar = tqdm(total=total, initial=step, disable=not is_main, desc="train", unit="step", dynamic_ncols=True)
-    with _Preemption() as preemption:
+    with _Preemption(jax.process_count() > 1) as preemption:
         while step < total:
             if preemption.requested or ckpt.manager.reached_preemption(step):
                 save(step)
@@ -204,7 +244,7 @@ def run_training(
                 summary.update(preempted=True, step=step)
                 break
             batch = setup.shard_batch(next(batches))
-            state, metrics = setup.train_step(state, batch, hooks.frozen)
+            state, metrics = setup.train_step(state, batch, frozen)
             step += 1
             if prev is not None:
                 skipped += guard.check(*prev)
@@ -238,11 +278,19 @@ def run_training(
                 bar.set_postfix(postfix)
             if config.train.eval_every and (step % config.train.eval_every == 0 or step == total):
                 eval_batches = make_batches(config, "validation", jax.process_index(), jax.process_count())
-                result = evaluate(setup, state.params, hooks.frozen, eval_batches, config.train.eval_steps)
+                result = evaluate(setup, state.params, frozen, eval_batches, config.train.eval_steps)
                 metrics_log.write(step, result)
                 last.update(result)
                 log.info("step %d: eval loss %.4f, perplexity %.2f", step, result["eval_loss"], result["eval_perplexity"])
                 window_start = time.perf_counter()  # eval time is not training time
+                if hooks.should_stop is not None and step < total and hooks.should_stop(step, result):
+                    if prev is not None:
+                        skipped += guard.check(*prev)  # never save a bad state
+                        prev = None
+                    save(step)
+                    log.info("early stop at step %d (eval loss stopped improving)", step)
+                    summary.update(early_stopped=True)
+                    break
             due_minutes = config.checkpoint.every_minutes and (time.monotonic() - last_save_time) / 60 >= config.checkpoint.every_minutes
             if (every and step % every == 0) or due_minutes:
                 if prev is not None:
@@ -260,6 +308,8 @@ def run_training(
     if is_main and (workdir / "metrics.jsonl").exists():
         plot_loss_curve(workdir / "metrics.jsonl", workdir / "loss.png")
     summary.update(step=step, skipped_steps=skipped, **{k: v for k, v in last.items() if isinstance(v, float)})
+    if hooks.on_finish is not None and not summary.get("preempted"):
+        summary.update(hooks.on_finish(setup, state, frozen, summary) or {})
     if is_main:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("done at step %d: %s", step, {k: round(v, 4) for k, v in last.items() if isinstance(v, float)})

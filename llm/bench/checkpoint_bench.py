@@ -1,0 +1,68 @@
+"""`llm bench checkpoint`: how long an async save blocks the training loop (target: under 10%
+of one step) and how long a restore takes, on the config's real train state."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from llm.bench.train_bench import synthetic_batch
+from llm.checkpoint.manager import Checkpointer, abstract_like
+from llm.train.setup import build_setup
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def run_checkpoint_bench(config: ml_collections.ConfigDict, steps: int, json_path: str | None) -> dict:
+    setup, state = build_setup(config)
+    batch = setup.shard_batch(synthetic_batch(setup.spec.vocab_size, config.data.batch_size, config.data.seq_len))
+    state, metrics = setup.train_step(state, batch, {})
+    jax.block_until_ready(metrics["loss"])
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = setup.train_step(state, batch, {})
+    jax.block_until_ready(metrics["loss"])
+    step_time = (time.perf_counter() - start) / steps
+    with tempfile.TemporaryDirectory() as tmp:
+        config.checkpoint.async_save = True
+        ckpt = Checkpointer(tmp, config)
+        meta = {"config": json.loads(config.to_json_best_effort())}
+        blocked = []
+        for i in range(2):  # the first save also creates directories and warms Orbax up
+            start = time.perf_counter()
+            ckpt.save(i + 1, state, {"position": i}, meta)
+            blocked.append(time.perf_counter() - start)
+            # The loop keeps training while the save runs in the background.
+            state, metrics = setup.train_step(state, batch, {})
+            jax.block_until_ready(metrics["loss"])
+            start_wait = time.perf_counter()
+            ckpt.wait()
+            background = time.perf_counter() - start_wait
+        size = _dir_bytes(Path(tmp) / "checkpoints" / "2")
+        start = time.perf_counter()
+        restored = Checkpointer(tmp, config).restore(abstract_like(state))
+        jax.block_until_ready(restored[0])
+        restore_time = time.perf_counter() - start
+        ckpt.close()
+    result = {
+        "step_time": step_time,
+        "save_blocked_s": blocked[-1],
+        "save_blocked_fraction_of_step": blocked[-1] / step_time,
+        "save_wait_after_one_step_s": background,
+        "restore_s": restore_time,
+        "checkpoint_bytes": size,
+        "machine": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+    }
+    print(f"step {step_time * 1e3:.0f} ms; async save blocked the loop {blocked[-1] * 1e3:.0f} ms "
+          f"({100 * result['save_blocked_fraction_of_step']:.1f}% of a step); restore {restore_time:.2f} s; "
+          f"checkpoint {size / 2**20:.0f} MiB")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+    return result
