@@ -27,6 +27,7 @@ def get_config():
     c.model.remat = "full"
     c.data.seq_len = 8192
     c.data.batch_size = 256
+    c.train.grad_accum = 4  # 4 micro-batches of 2 sequences per chip: see the docstring
     c.train.steps = 100000
     c.train.log_every = 10
     c.train.eval_every = 1000

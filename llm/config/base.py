@@ -176,4 +176,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.restore_step = -1  # -1 = the latest valid checkpoint
     c.checkpoint.init_from = ""  # a params-only checkpoint directory or a workdir: weights only
     c.checkpoint.init_from_hf = ""  # a Hugging Face model directory (config.json + safetensors)
+
+    # Parameter-efficient fine-tuning (llm.peft): transforms of the parameter tree. Paths are
+    # slash-joined, e.g. blocks/0/attn/q/kernel (blocks/attn/q/kernel with scan_layers).
+    c.peft = ml_collections.ConfigDict()
+    p = c.peft
+    p.lora_rank = 0  # 0 = no LoRA: full fine-tuning (minus peft.freeze)
+    p.lora_alpha = 16.0
+    p.lora_dropout = 0.0
+    p.lora_targets = "all_linear"  # attention | mlp | all_linear | a regex over kernel paths
+    p.rslora = False  # scale by alpha / sqrt(rank) instead of alpha / rank
+    p.quantize = ""  # "" | int8 | nf4: the frozen base stored quantized (QLoRA; needs lora_rank > 0)
+    p.quant_block = 64  # values per quantization scale, along each kernel's input dimension
+    p.freeze = ()  # regexes of parameter paths not trained, e.g. ("^embed$", "^blocks/0/")
+
+    # Fine-tuning recipes (llm.finetune, `llm sft` / `llm classify`).
+    c.finetune = ml_collections.ConfigDict()
+    f = c.finetune
+    f.task = "sft"  # sft | classification
+    f.patience = 0  # evals without a lower eval loss before stopping early; 0 = never stop early
+    f.num_labels = 0  # classification: 0 = from the data (the manifest's labels, else max label + 1)
+    f.label_field = "label"  # classification records: {data.text_field: str, label_field: int}
+    f.export_merged = True  # write <workdir>/merged: the fine-tuned weights as a params-only checkpoint
     return c

@@ -36,6 +36,27 @@ def attend(q, k, v, mask, implementation: str) -> jax.Array:
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
+def cache_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, mask: jax.Array) -> jax.Array:
+    """Attention of q (B, T, H, hd) over a KV cache laid out (B, KV, S, hd), under a boolean
+    mask (B, 1, T, S). Returns (B, T, H, hd).
+
+    The cache keeps (batch, kv head) leading so both matmuls are batched dots with no transpose
+    of the cache: `jax.nn.dot_product_attention` takes (B, S, KV, hd) and XLA would copy the whole
+    cache into the other layout every decode step. Query head h reads kv head h // (H / KV), as
+    in jax.nn.dot_product_attention and Hugging Face's repeat_kv. Scores and softmax are f32.
+    """
+    b, t, h, hd = q.shape
+    kv = k_cache.shape[1]
+    g = h // kv
+    qg = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
+    scores = jnp.einsum("bkqd,bksd->bkqs", qg, k_cache, preferred_element_type=jnp.float32)
+    scores = scores.reshape(b, kv, g, t, -1) * (hd**-0.5)
+    scores = jnp.where(mask[:, :, None], scores, -1e30)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype).reshape(b, kv, g * t, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v_cache)
+    return out.reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd).astype(q.dtype)
+
+
 class Attention(nnx.Module):
     def __init__(self, spec: ModelSpec, rules: AxisRules, rngs: nnx.Rngs):
         d, h, kv, hd = spec.d_model, spec.n_heads, spec.n_kv_heads, spec.head_dim
@@ -80,20 +101,16 @@ class Attention(nnx.Module):
         v_cache: jax.Array,
         index: jax.Array,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Attention for generation over a preallocated KV cache.
+        """Attention for generation over a preallocated KV cache (B, KV, S, hd) per tensor.
 
         x (B, T, d) holds the tokens of cache slots index .. index+T-1; their keys and values are
         written there and the queries attend over the whole cache under `mask` (B, 1, T, S),
         which the caller builds from slot validity and causality. Returns (out, k_cache, v_cache).
-        The XLA path is used whatever `attention_impl` says: `attend`'s cuDNN path assumes a
-        square causal mask, which a cache is not.
         """
         q, k, v = self._project(x, positions)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), (0, 0, index, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, index, 0))
         cd = self.spec.compute_dtype
-        out = jax.nn.dot_product_attention(
-            q, k_cache.astype(cd), v_cache.astype(cd), mask=mask, implementation="xla"
-        )
+        out = cache_attention(q, k_cache.astype(cd), v_cache.astype(cd), mask)
         out = self.rules.constrain(out, ("batch", "length", "act_heads", None))
         return self.o(out, cd), k_cache, v_cache

@@ -79,12 +79,12 @@ class Decoder(nnx.Module):
 
     def init_cache(self, batch: int, length: int, dtype=None) -> dict:
         """An empty KV cache for `length` slots: {"k", "v"}, each a tuple of per-layer
-        (batch, length, kv_heads, head_dim) arrays, or one array with a leading layer axis when
+        (batch, kv_heads, length, head_dim) arrays, or one array with a leading layer axis when
         the blocks are scanned. Sharded like the attention activations."""
         spec = self.spec
         dtype = dtype or spec.compute_dtype
-        shape = (batch, length, spec.n_kv_heads, spec.head_dim)
-        names = ("batch", "length", "act_kv_heads", None)
+        shape = (batch, spec.n_kv_heads, length, spec.head_dim)
+        names = ("batch", "act_kv_heads", "length", None)
         if spec.scan_layers:
             zeros = lambda: self.rules.constrain(jnp.zeros((spec.n_layers, *shape), dtype), ("layers", *names))
             return {"k": zeros(), "v": zeros()}
@@ -125,10 +125,10 @@ class Decoder(nnx.Module):
                 v_l = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
                 h, k_l, v_l = nnx.merge(graphdef, layer_state).cached(h, positions, mask, k_l, v_l, index)
                 # Write back only the new slots, not the whole layer.
-                k_new = jax.lax.dynamic_slice_in_dim(k_l, index, t, axis=1)[None]
-                v_new = jax.lax.dynamic_slice_in_dim(v_l, index, t, axis=1)[None]
-                k_all = jax.lax.dynamic_update_slice(k_all, k_new, (layer, 0, index, 0, 0))
-                v_all = jax.lax.dynamic_update_slice(v_all, v_new, (layer, 0, index, 0, 0))
+                k_new = jax.lax.dynamic_slice_in_dim(k_l, index, t, axis=2)[None]
+                v_new = jax.lax.dynamic_slice_in_dim(v_l, index, t, axis=2)[None]
+                k_all = jax.lax.dynamic_update_slice(k_all, k_new, (layer, 0, 0, index, 0))
+                v_all = jax.lax.dynamic_update_slice(v_all, v_new, (layer, 0, 0, index, 0))
                 return (h, k_all, v_all, layer + 1), None
 
             init = (x, cache["k"], cache["v"], jnp.zeros((), jnp.int32))

@@ -89,7 +89,7 @@ class _Preemption:
     def __init__(self, multi_process: bool):
         self.requested = False
         self._previous = {}
-        self._signals = (signal.SIGINT,) if multi_process else (signal.SIGTERM, signal.SIGINT)
+        self._signals = () if multi_process else (signal.SIGTERM, signal.SIGINT)
 
     def __enter__(self):
         for sig in self._signals:

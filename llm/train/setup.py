@@ -25,6 +25,7 @@ from llm.parallel.mesh import build_mesh
 from llm.parallel.rules import AxisRules
 from llm.train.loss import lm_loss_fn
 from llm.train.optimizer import build_optimizer
+from llm.train.partition import Partition
 from llm.train.step import LossFn, TrainState, make_eval_step, make_train_step
 
 log = logging.getLogger("llm")
@@ -42,6 +43,11 @@ class TrainSetup:
     train_step: Callable  # jitted (state, batch, frozen) -> (state, metrics), state donated
     eval_step: Callable  # jitted (params, frozen, batch) -> {"nll_sum", "tokens"}
     schedule: Callable
+    # Set only for partitioned (fine-tuning) runs: the base model before the partition, and its
+    # params as sharded ShapeDtypeStructs (the template the start weights are loaded into).
+    partition: Partition | None = None
+    base_graphdef: nnx.GraphDef | None = None
+    base_params: Any = None
 
     def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Place this process's rows of the global batch on the mesh."""
@@ -81,12 +87,7 @@ def precision_summary(config: ml_collections.ConfigDict, spec: ModelSpec) -> str
     )
 
 
-def build_setup(
-    config: ml_collections.ConfigDict,
-    loss_fn: LossFn | None = None,
-    devices: list | None = None,
-) -> tuple[TrainSetup, TrainState]:
-    """Build the run and a freshly initialised, sharded TrainState."""
+def _mesh_rules_spec(config: ml_collections.ConfigDict, devices: list | None) -> tuple[Mesh, AxisRules, ModelSpec]:
     mesh = build_mesh(config.mesh, devices)
     rules = AxisRules.from_config(config.mesh.rules, mesh)
     check_batch(config, mesh, rules)
@@ -97,7 +98,22 @@ def build_setup(
             spec.vocab_size, spec.padded_vocab, config.model.vocab_multiple, rules.shards("vocab"),
         )
     log.info(precision_summary(config, spec))
-    graphdef, params, param_shardings = init_params(spec, rules, config.train.seed)
+    return mesh, rules, spec
+
+
+def _assemble(
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    rules: AxisRules,
+    spec: ModelSpec,
+    graphdef: nnx.GraphDef,
+    params: Any,
+    param_shardings: Any,
+    loss_fn: LossFn,
+    eval_loss_fn: LossFn,
+    **extra: Any,
+) -> tuple[TrainSetup, TrainState]:
+    """Optimizer over `params` (the trainable ones), sharded state and the jitted steps."""
     optimizer, schedule = build_optimizer(config.optim, config.train.steps, config.precision.optimizer_state)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_state = jax.jit(optimizer.init, out_shardings=opt_state_shardings(optimizer, params, param_shardings, replicated))(params)
@@ -105,7 +121,6 @@ def build_setup(
     state = TrainState(step, params, opt_state)
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     batch_sharding = rules.sharding(("batch", "length"))
-    loss_fn = loss_fn or lm_loss_fn(graphdef, config.train.z_loss)
     step_fn = make_train_step(
         loss_fn,
         optimizer,
@@ -120,7 +135,7 @@ def build_setup(
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
     )
-    eval_step = jax.jit(make_eval_step(loss_fn), in_shardings=(state_shardings.params, None, batch_sharding))
+    eval_step = jax.jit(make_eval_step(eval_loss_fn), in_shardings=(state_shardings.params, None, batch_sharding))
     setup = TrainSetup(
         config=config,
         mesh=mesh,
@@ -132,5 +147,41 @@ def build_setup(
         train_step=train_step,
         eval_step=eval_step,
         schedule=schedule,
+        **extra,
     )
     return setup, state
+
+
+def build_setup(
+    config: ml_collections.ConfigDict,
+    loss_fn: LossFn | None = None,
+    devices: list | None = None,
+) -> tuple[TrainSetup, TrainState]:
+    """Build the run and a freshly initialised, sharded TrainState."""
+    mesh, rules, spec = _mesh_rules_spec(config, devices)
+    graphdef, params, param_shardings = init_params(spec, rules, config.train.seed)
+    loss_fn = loss_fn or lm_loss_fn(graphdef, config.train.z_loss)
+    return _assemble(config, mesh, rules, spec, graphdef, params, param_shardings, loss_fn, loss_fn)
+
+
+def build_partitioned_setup(
+    config: ml_collections.ConfigDict,
+    partition: Partition,
+    devices: list | None = None,
+) -> tuple[TrainSetup, TrainState, Any]:
+    """Like build_setup for a fine-tuning run: the freshly initialised params go through
+    `partition.apply`, the state holds only the trainable part, and the frozen part is returned
+    (the loop replaces both when it loads the start weights)."""
+    mesh, rules, spec = _mesh_rules_spec(config, devices)
+    base_graphdef, full, _ = init_params(spec, rules, config.train.seed)
+    base_params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), full)
+    graphdef, trainable, frozen = partition.apply(base_graphdef, full)
+    del full
+    shardings = jax.tree_util.tree_map(lambda x: x.sharding, trainable)
+    loss_fn = partition.loss_fn(graphdef)
+    eval_loss_fn = partition.eval_loss_fn(graphdef) if partition.eval_loss_fn is not None else loss_fn
+    setup, state = _assemble(
+        config, mesh, rules, spec, graphdef, trainable, shardings, loss_fn, eval_loss_fn,
+        partition=partition, base_graphdef=base_graphdef, base_params=base_params,
+    )
+    return setup, state, frozen
