@@ -115,3 +115,26 @@ def test_nan_guard_stops_and_names_the_step(tmp_path):
     summary = train(tmp_path, "train.steps=4", "optim.lr=1e30", "optim.clip_norm=0.0", "optim.warmup_steps=0",
                     "train.nan_policy=skip", name="skip")[1]
     assert summary["skipped_steps"] >= 1
+
+
+def test_workdir_exports_to_hugging_face_with_matching_logits(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from flax import nnx
+
+    from llm.checkpoint.export import restore_params
+    from llm.cli.convert import to_hf
+    from llm.model.build import abstract_model
+    from llm.model.spec import model_spec
+    from llm.parallel.rules import AxisRules
+
+    config, _ = train(tmp_path, "train.steps=2")
+    out = to_hf(None, tmp_path / "hf", workdir=tmp_path / "run")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+    saved_config, params, _ = restore_params(tmp_path / "run")
+    spec = model_spec(saved_config, platform="cpu")
+    graphdef, _ = abstract_model(spec, AxisRules.from_config(saved_config.mesh.rules))
+    tokens = np.random.default_rng(0).integers(0, 256, (2, 24), dtype=np.int32)
+    ours = np.asarray(nnx.merge(graphdef, params)(tokens))[..., :256]
+    theirs = hf(torch.from_numpy(tokens.astype(np.int64))).logits.detach().numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
