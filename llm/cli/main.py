@@ -17,15 +17,10 @@ from llm.errors import UserError
 SUBCOMMAND_MODULES = (
     "quickstart",
     "train",
-    "sft",
-    "classify",
-    "compare",
     "export",
-    "generate",
     "bench",
     "config_cmd",
     "convert",
-    "compile_cmd",
     "data_cmd",
     "tokenizer_cmd",
 )
