@@ -32,7 +32,7 @@ def test_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert len(blocks) == 2
     main_job, tests = (logical_lines(b) for b in blocks)
     assert main_job == ["bash launch/local.sh"]
-    assert len(tests) == 1 and "python3 -m venv .venv" in tests[0] and "'.[test,hf]'" in tests[0] and "pytest" in tests[0]
+    assert len(tests) == 1 and "python3 -m venv .venv" in tests[0] and "'.[test,hf,tpu]'" in tests[0] and "pytest" in tests[0]
     ci = [line for line in Path(".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
     assert ci == tests
     assert "llm\" quickstart" in Path("launch/local.sh").read_text() or "llm quickstart" in Path("launch/local.sh").read_text()

@@ -64,6 +64,10 @@ class Checkpointer:
             "meta": ocp.args.JsonSave(metadata),
         }
         if data_state is not None:
+            if jax.process_count() > 1:  # Orbax writes JSON from process 0 only: save every process's
+                from llm.parallel.distributed import allgather_json
+
+                data_state = {"per_process": allgather_json(data_state)}
             args["data"] = ocp.args.JsonSave(data_state)
         self.manager.save(step, args=ocp.args.Composite(**args), force=True)
 
@@ -87,6 +91,13 @@ class Checkpointer:
             items["data"] = ocp.args.JsonRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         data = restored["data"] if "data" in items else None
+        if isinstance(data, dict) and "per_process" in data:
+            if len(data["per_process"]) != jax.process_count():
+                raise CheckpointMismatch(
+                    f"checkpoint {self.directory / str(step)} holds the data position of {len(data['per_process'])} "
+                    f"processes, this run has {jax.process_count()}; resume with the same number of processes"
+                )
+            data = data["per_process"][jax.process_index()]
         return restored["state"], data, meta
 
     def check_compatible(self, step: int, tokenizer_fingerprint: str | None) -> None:

@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "bench",
     "config_cmd",
     "convert",
+    "compile_cmd",
     "data_cmd",
     "tokenizer_cmd",
 )

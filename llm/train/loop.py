@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from llm.checkpoint.manager import Checkpointer, abstract_like
 from llm.errors import UserError
+from llm.parallel.distributed import initialize as initialize_distributed
 from llm.train.init_sources import init_params_hook
 from llm.train.flops import device_peak_flops, flops_per_token
 from llm.train.metrics import MetricsLog, plot_loss_curve
@@ -178,6 +179,7 @@ def run_training(
 ) -> dict:
     """Train to `config.train.steps` and return a summary; resumable by calling it again."""
     hooks = hooks or RunHooks()
+    initialize_distributed(config)  # before any JAX work: joins a multi-process job, else a no-op
     is_main = jax.process_index() == 0
     workdir = prepare_workdir(workdir, config, overwrite, write=is_main)
     setup_logging(workdir, is_main)

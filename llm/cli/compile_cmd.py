@@ -1,0 +1,52 @@
+"""`llm compile`: compile the real train step for a TPU slice on this machine and say whether
+it fits, before anyone rents the slice.
+
+Needs the libtpu wheel (`pip install -e '.[tpu]'`), not a TPU. Exit code 0 when the config
+fits, 1 when it does not (the report then lists the candidates that were compiled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from llm.config.loading import load_config
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("compile", help="compile the train step for a TPU slice and report memory and fit")
+    p.add_argument("--config", required=True, help="a configs/*.py file")
+    p.add_argument("--topology", required=True, help="a TPU slice: v5p-N, v5e-N (v5litepod-N) or v6e-N")
+    p.add_argument("--workdir", default=None, help="where the compiled HLO goes (default runs/compile/CONFIG-TOPOLOGY)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--max-candidates", type=int, default=8, help="configs to try when it does not fit (0: none)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llm.parallel.topology import parse_topology
+
+    topology = parse_topology(args.topology)
+    config = load_config(args.config, args.config_overrides)
+    import jax
+
+    # Compiling for a slice needs no local accelerator; keep JAX (and libtpu) off the TPU backend.
+    if not os.environ.get("JAX_PLATFORMS"):
+        jax.config.update("jax_platforms", "cpu")
+    from llm.compile.aot import topology_devices
+    from llm.compile.report import build_report, format_report, write_json
+
+    devices = topology_devices(topology)
+    workdir = Path(args.workdir or f"runs/compile/{Path(args.config).stem}-{topology.name}")
+
+    def progress(ev) -> None:
+        what = " ".join(ev.overrides) or "the config as given"
+        print(f"compiled {what}: {'fits' if ev.fits else 'does not fit'}", file=sys.stderr, flush=True)
+
+    report = build_report(args.config, config, topology, devices, workdir, args.max_candidates, progress)
+    print(format_report(report))
+    if args.json:
+        write_json(report, Path(args.json))
+    return 0 if report.fits else 1

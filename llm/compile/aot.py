@@ -1,0 +1,186 @@
+"""Ahead-of-time compilation of the real train step for a TPU slice, on a machine without one.
+
+The run is assembled exactly as `llm.train.setup.build_setup` assembles it (same mesh, rules,
+model, optimizer, loss, `make_train_step` and jit shardings), but from abstract arrays: nothing
+is allocated, so an 8B model "fits" on a laptop. Lowered against compile-only TPU devices from
+libtpu's topology description, XLA's TPU compiler reports the per-device memory the step needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from llm.errors import UserError
+from llm.model.build import abstract_model, param_shardings
+from llm.model.spec import ModelSpec, model_spec
+from llm.parallel.distributed import count_tpu_chips
+from llm.parallel.mesh import build_mesh
+from llm.parallel.rules import AxisRules
+from llm.parallel.topology import TpuTopology
+from llm.train.loss import lm_loss_fn
+from llm.train.optimizer import build_optimizer
+from llm.train.setup import check_batch, opt_state_shardings
+from llm.train.step import TrainState, make_train_step
+
+# What the data pipeline yields per step (llm.data.pipeline.BATCH_KEYS); a test keeps them equal.
+BATCH_FIELDS = {
+    "inputs": jnp.int32,
+    "targets": jnp.int32,
+    "segment_ids": jnp.int32,
+    "positions": jnp.int32,
+    "loss_mask": jnp.float32,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AbstractSetup:
+    """A run's pieces with ShapeDtypeStructs (carrying shardings) in place of arrays."""
+
+    mesh: Mesh
+    rules: AxisRules
+    spec: ModelSpec
+    state: TrainState
+    batch: dict[str, jax.ShapeDtypeStruct]
+    train_step: Callable  # jitted like build_setup's: (state, batch, frozen) -> (state, metrics)
+
+
+def _with_shardings(tree: Any, shardings: Any) -> Any:
+    return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
+
+
+def abstract_setup(config: ml_collections.ConfigDict, devices: list) -> AbstractSetup:
+    """Mirror of build_setup with abstract state and batch (see the module docstring)."""
+    mesh = build_mesh(config.mesh, devices)
+    rules = AxisRules.from_config(config.mesh.rules, mesh)
+    check_batch(config, mesh, rules)
+    spec = model_spec(config, vocab_shards=rules.shards("vocab"), platform=mesh.devices.flat[0].platform)
+    graphdef, abstract = abstract_model(spec, rules, config.train.seed)
+    p_shardings = param_shardings(abstract, spec, rules)
+    params = _with_shardings(abstract.to_pure_dict(), p_shardings)
+    optimizer, schedule = build_optimizer(config.optim, config.train.steps, config.precision.optimizer_state)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    o_shardings = opt_state_shardings(optimizer, params, p_shardings, replicated)
+    opt_state = _with_shardings(jax.eval_shape(optimizer.init, params), o_shardings)
+    state = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params, opt_state)
+    state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+    batch_sharding = rules.sharding(("batch", "length"))
+    shape = (config.data.batch_size, config.data.seq_len)
+    batch = {k: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sharding) for k, dt in BATCH_FIELDS.items()}
+    step_fn = make_train_step(
+        lm_loss_fn(graphdef, config.train.z_loss),
+        optimizer,
+        schedule,
+        seed=config.train.seed,
+        grad_accum=config.train.grad_accum,
+        skip_nonfinite=config.train.nan_policy == "skip",
+    )
+    train_step = jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_sharding, None),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+    return AbstractSetup(mesh, rules, spec, state, batch, train_step)
+
+
+def per_device_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard)."""
+    total = 0
+    for leaf in jax.tree_util.tree_leaves(tree):
+        shard = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCompilation:
+    """What the TPU compiler said about one configuration (bytes are per device)."""
+
+    params_bytes: int
+    opt_state_bytes: int
+    batch_bytes: int
+    temp_bytes: int | None  # activations, gradients, collective buffers, workspace
+    total_bytes: int | None  # arguments + outputs - donated aliases + temporaries
+    compiler_peak_bytes: int | None  # the compiler's own peak estimate, where it gives one
+    hlo_flops_per_device: float | None  # XLA's count; loop bodies (scanned layers) are counted once
+    hlo_text: str  # the optimized HLO when it compiled, else the pre-optimization StableHLO
+    out_of_memory: bool  # the compiler refused: some memory (HBM, or on-chip VMEM) ran out
+    error: str = ""  # the compiler's reason when it refused
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_oom_bytes(message: str) -> int | None:
+    """`... HLO temporaries (148.79G) exceeds available HBM ...` -> bytes."""
+    match = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)", message)
+    if not match:
+        return None
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def compile_step(setup: AbstractSetup) -> StepCompilation:
+    """Lower and compile the step; an out-of-HBM refusal becomes a result, not an exception."""
+    params_bytes = per_device_bytes(setup.state.params)
+    opt_bytes = per_device_bytes(setup.state.opt_state)
+    batch_bytes = per_device_bytes(setup.batch)
+    lowered = setup.train_step.lower(setup.state, setup.batch, {})
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as err:
+        message = str(err)
+        if "RESOURCE_EXHAUSTED" not in message:
+            raise
+        temp = parse_oom_bytes(message)
+        total = None if temp is None else params_bytes + opt_bytes + batch_bytes + temp
+        # "E1001: CompileTimeScopedVmemOom:" names the error, the next line says what ran out.
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        reason = " ".join(lines[:1] if temp is not None else lines[:2])[:300]
+        return StepCompilation(
+            params_bytes, opt_bytes, batch_bytes, temp, total, None, None, lowered.as_text(), True, reason
+        )
+    mem = compiled.memory_analysis()
+    total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    peak = getattr(mem, "peak_memory_in_bytes", None)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost["flops"]) if cost and "flops" in cost else None
+    return StepCompilation(
+        params_bytes, opt_bytes, batch_bytes, mem.temp_size_in_bytes, total, peak, flops, compiled.as_text(), False
+    )
+
+
+def _quiet_libtpu(topology: TpuTopology) -> None:
+    """Let several compiles share libtpu (it otherwise takes a machine-wide lock file, even for
+    topology descriptions) and, off a TPU VM, stop it looking for TPU metadata (pages of warnings)."""
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    if count_tpu_chips() == 0:
+        os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        os.environ.setdefault("TPU_WORKER_ID", "0")
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.name.replace("v5e-", "v5litepod-"))
+
+
+def topology_devices(topology: TpuTopology) -> list:
+    """Compile-only devices of the slice (needs the libtpu wheel, not a TPU)."""
+    from jax.experimental import topologies
+
+    _quiet_libtpu(topology)
+    try:
+        return list(topologies.get_topology_desc(topology.topology, "tpu").devices)
+    except RuntimeError as err:
+        if "not installed" in str(err) or "TPU support" in str(err):
+            raise UserError(
+                "llm compile needs the libtpu wheel to describe TPU slices; pip install -e '.[tpu]' "
+                "(and keep JAX_PLATFORMS=cpu for other commands on this machine)"
+            ) from None
+        raise
