@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "quickstart",
     "train",
     "export",
+    "generate",
     "bench",
     "config_cmd",
     "convert",

@@ -1,0 +1,183 @@
+"""`llm generate`: complete prompts with a trained model.
+
+    llm generate --checkpoint DIR --prompt "Once upon a time" [--max-new-tokens 64]
+    llm generate --checkpoint DIR --input prompts.jsonl --output out.jsonl [--batch-size 16]
+
+One --prompt streams its tokens to the console as they are produced; several are completed as
+one batch. Batch mode reads JSON lines with a "prompt" field (and optionally
+"max_new_tokens"), writes each input object back with "completion", "tokens" and
+"finish_reason" added (and "logprobs" with --logprobs), and shows a progress bar.
+`--config.a.b=value` overrides apply to the checkpoint's stored config (e.g. the mesh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+import sys
+from pathlib import Path
+
+from llm.errors import UserError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="complete prompts with a trained model (KV-cache sampler)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="params checkpoint directory (llm export / llm convert)")
+    src.add_argument("--workdir", help="a training workdir: generate from its latest valid checkpoint")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+    src.add_argument("--input", help="JSONL file of {\"prompt\": ...} objects")
+    p.add_argument("--output", help="where --input results go (JSONL)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=[], help="stop token text (one token; escapes like \\n work)")
+    p.add_argument("--no-eos-stop", action="store_true", help="do not stop at the tokenizer's EOS token")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per batch in --input mode")
+    p.add_argument("--chunk-tokens", type=int, default=8, help="tokens decoded between console updates")
+    p.add_argument("--logprobs", action="store_true", help="also return per-token log-probabilities")
+    p.set_defaults(func=run)
+
+
+def _stop_ids(tokenizer, stops: list[str], eos_stop: bool) -> list[int]:
+    ids = []
+    for text in stops:
+        piece = codecs.decode(text, "unicode_escape") if "\\" in text else text
+        i = tokenizer.token_id(piece)
+        if i is None:
+            raise UserError(f"unknown stop token {text!r}: it is not a single token of this tokenizer; pass one token")
+        ids.append(i)
+    if eos_stop and tokenizer.eos_id is not None:
+        ids.append(tokenizer.eos_id)
+    return ids
+
+
+def _encode(tokenizer, config, text: str, where: str) -> list[int]:
+    if not text:
+        raise UserError(f"{where} is empty; give some text to complete")
+    ids = tokenizer.encode(text)
+    if config.data.add_bos and tokenizer.bos_id is not None:
+        ids = [tokenizer.bos_id] + ids
+    return ids
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--input {path!r} does not exist; pass a JSONL file of {{\"prompt\": ...}} lines")
+    rows = []
+    for n, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"line {n} of {path} is not JSON ({err.msg}); write one object per line") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise UserError(f"line {n} of {path} has no string \"prompt\" field")
+        row["_line"] = n
+        rows.append(row)
+    if not rows:
+        raise UserError(f"--input {path!r} holds no prompts")
+    return rows
+
+
+def _validate_args(args: argparse.Namespace) -> None:
+    if args.input and not args.output:
+        raise UserError("--input needs --output FILE for the results")
+    if args.output and not args.input:
+        raise UserError("--output is only used with --input; with --prompt the completion goes to the console")
+    if args.batch_size < 1 or args.chunk_tokens < 1:
+        raise UserError("--batch-size and --chunk-tokens must be >= 1")
+
+
+def _stream_one(loaded, prompt_ids: list[int], stop_ids: list[int], kwargs: dict, out) -> None:
+    from llm.generate.text_stream import TextStream
+
+    stream = TextStream(loaded.tokenizer, stop_ids)
+
+    def on_chunk(rows: list[list[int]]) -> None:
+        out.write(stream.push(rows[0]))
+        out.flush()
+
+    (done,) = loaded.generator.generate([prompt_ids], on_chunk=on_chunk, **kwargs)
+    out.write(stream.flush() + "\n")
+    if done.logprobs is not None:
+        out.write(f"logprobs: {json.dumps(done.logprobs)}\n")
+    out.flush()
+
+
+def _completion_text(tokenizer, tokens: list[int], stop_ids: list[int]) -> str:
+    if tokens and tokens[-1] in stop_ids:
+        tokens = tokens[:-1]
+    return tokenizer.decode(tokens)
+
+
+def _batch_file(loaded, args, stop_ids: list[int], kwargs: dict) -> None:
+    from tqdm import tqdm
+
+    rows = _read_jsonl(args.input)
+    encoded = [
+        _encode(loaded.tokenizer, loaded.config, r["prompt"], f"the prompt on line {r['_line']} of {args.input}") for r in rows
+    ]
+    max_new = [int(r.get("max_new_tokens", args.max_new_tokens)) for r in rows]
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w") as f, tqdm(total=len(rows), unit="prompt", desc="generate") as bar:
+        for start in range(0, len(rows), args.batch_size):
+            end = start + args.batch_size
+            try:
+                done = loaded.generator.generate(
+                    encoded[start:end], max_new_tokens=max_new[start:end], pad_batch_to=args.batch_size, **kwargs
+                )
+            except UserError as err:
+                raise UserError(f"{args.input} lines {rows[start]['_line']}-{rows[min(end, len(rows)) - 1]['_line']}: {err}") from None
+            for row, c in zip(rows[start:end], done):
+                result = {k: v for k, v in row.items() if k != "_line"}
+                result.update(
+                    completion=_completion_text(loaded.tokenizer, c.tokens, stop_ids),
+                    tokens=c.tokens,
+                    finish_reason=c.finish_reason,
+                )
+                if c.logprobs is not None:
+                    result["logprobs"] = c.logprobs
+                f.write(json.dumps(result) + "\n")
+            f.flush()
+            bar.update(len(done))
+
+
+def run(args: argparse.Namespace) -> int:
+    from llm.generate.load import checkpoint_config, load_for_generation
+    from llm.generate.sampling import SamplingOptions
+
+    _validate_args(args)
+    source = args.checkpoint or args.workdir
+    config = checkpoint_config(source, args.config_overrides)
+    options = SamplingOptions(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    options.validate(config.model.vocab_size)
+    prompts = args.prompt or []
+    for i, text in enumerate(prompts):
+        if not text:
+            raise UserError(f"--prompt number {i + 1} is empty; give some text to complete")
+    loaded = load_for_generation(source, config)
+    stop_ids = _stop_ids(loaded.tokenizer, args.stop, not args.no_eos_stop)
+    kwargs = dict(options=options, stop_tokens=stop_ids, seed=args.seed, return_logprobs=args.logprobs)
+    if args.input:
+        _batch_file(loaded, args, stop_ids, kwargs)
+        return 0
+    encoded = [_encode(loaded.tokenizer, config, t, f"--prompt number {i + 1}") for i, t in enumerate(prompts)]
+    if len(encoded) == 1:
+        _stream_one(
+            loaded, encoded[0], stop_ids,
+            dict(kwargs, max_new_tokens=args.max_new_tokens, chunk_tokens=args.chunk_tokens), sys.stdout,
+        )
+        return 0
+    done = loaded.generator.generate(encoded, max_new_tokens=args.max_new_tokens, **kwargs)
+    for i, c in enumerate(done):
+        print(f"[{i}] {_completion_text(loaded.tokenizer, c.tokens, stop_ids)}")
+        if c.logprobs is not None:
+            print(f"[{i}] logprobs: {json.dumps(c.logprobs)}")
+    return 0

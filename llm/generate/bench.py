@@ -1,0 +1,269 @@
+"""`llm bench generate`: decode throughput of our sampler, side by side with Hugging Face
+`generate` (PyTorch, f32 on CPU) running the same exported weights in the same process.
+
+Decode tokens/s = batch * (N - 1) / (time the last new token reaches the host - time the first
+one does): the prefill is excluded, so the figure is the cost of the cached decode loop alone
+(ours: the streaming callback after the prefill and after the single decode loop; Hugging Face:
+a streamer's timestamps). Hugging Face runs at its fastest torch thread count (all cores or one,
+probed per batch). Both sides decode greedily with no stop token, from the same random prompts,
+and take the best of a few repeats, alternating between the two so that load from other
+processes on a shared machine hits both alike. The greedy tokens of
+both are compared, which also proves the weights really are the same. The batch-1 figure is set
+against the memory roofline: every decode step reads all the weights once, so at batch 1 the
+best possible rate is measured bandwidth / weight bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from llm.generate.generator import Generator
+from llm.model.build import init_params
+from llm.model.spec import ModelSpec, model_spec
+from llm.parallel.mesh import build_mesh
+from llm.parallel.rules import AxisRules
+
+log = logging.getLogger("llm")
+
+PROMPT_LEN = 64
+NEW_TOKENS = 128
+BATCHES = (1, 16)
+
+
+def best_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Fastest of `repeats` runs of fn (which must block until its result is ready)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def timed(run: Callable[[list[float]], Any]) -> tuple[float, float, Any]:
+    """(decode seconds, total seconds, output) of one call of run(stamps).
+
+    run appends a timestamp when the first new token is on the host and another when the last
+    one is: their difference is the decode loop (N - 1 tokens per row), prefill excluded.
+    """
+    stamps: list[float] = []
+    start = time.perf_counter()
+    out = run(stamps)
+    total = time.perf_counter() - start
+    return stamps[-1] - stamps[0], total, out
+
+
+def interleaved(runs: dict[str, Callable[[list[float]], Any]], repeats: int) -> dict[str, tuple[float, float, Any]]:
+    """Best decode and total time of each runner, alternating between them every repeat so a
+    change in machine load hits both sides alike."""
+    best: dict[str, tuple[float, float, Any]] = {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            decode_s, total_s, out = timed(run)
+            if name not in best:
+                best[name] = (decode_s, total_s, out)
+            else:
+                best[name] = (min(decode_s, best[name][0]), min(total_s, best[name][1]), out)
+    return best
+
+
+def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """Device memory bandwidth in bytes/s, from a jitted sum over a large f32 array (read once)."""
+    x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    total(x).block_until_ready()
+    return x.nbytes / best_time(lambda: total(x).block_until_ready(), repeats)
+
+
+def weight_bytes(params: Any, dtype) -> int:
+    """Bytes one decode step reads: every weight once, in the dtype the matmuls use. The embedding
+    table is only gathered (a row per token), unless it doubles as the LM head."""
+    size = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    if "head" in params:
+        size -= params["embed"].size
+    return size * jnp.dtype(dtype).itemsize
+
+
+def _our_runner(generator: Generator, prompts: list[list[int]], new_tokens: int) -> tuple[Callable, float]:
+    """(run(stamps), seconds of the first, compiling call). Streaming with one chunk as long as
+    the whole decode: on_chunk fires after the prefill and after the single decode loop."""
+
+    def run(stamps: list[float]):
+        out = generator.generate(
+            prompts, max_new_tokens=new_tokens, on_chunk=lambda _: stamps.append(time.perf_counter()),
+            chunk_tokens=new_tokens,
+        )
+        return [c.tokens for c in out]
+
+    start = time.perf_counter()
+    run([])
+    return run, time.perf_counter() - start
+
+
+def _hf_model(config: ml_collections.ConfigDict, params: Any):
+    """Export our params with llm.interop and load them with transformers (f32, eval mode)."""
+    import torch
+    import transformers
+
+    from llm.interop.hf_export import export_hf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_hf(config, params, Path(tmp) / "hf", dtype="float32")
+        model = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf", dtype=torch.float32)
+    model.eval()
+    return model
+
+
+class _Stamps:
+    """A transformers streamer that only records when each step's tokens reach the host (the
+    first put is the prompt, before the prefill)."""
+
+    def __init__(self, stamps: list[float]):
+        self.stamps = stamps
+        self.puts = 0
+
+    def put(self, value) -> None:
+        self.puts += 1
+        if self.puts > 1:
+            self.stamps.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def thread_candidates() -> list[int]:
+    """Torch intra-op thread counts to try: all usable cores, and 1. On a shared, oversubscribed
+    machine one thread can be several times faster (OpenMP workers spin waiting for each other)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return sorted({cores, 1}, reverse=True)
+
+
+def _hf_runner(model, prompts: list[list[int]], new_tokens: int) -> tuple[Callable, dict]:
+    """(run(stamps), {threads: probe tokens/s}). HF `generate` runs at its fastest torch thread
+    count, probed on a short run."""
+    import torch
+
+    ids = torch.tensor(prompts, dtype=torch.long)  # equal lengths: no padding needed
+
+    def run(stamps: list[float], n: int = new_tokens):
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                use_cache=True,
+                eos_token_id=None,
+                pad_token_id=0,
+                streamer=_Stamps(stamps),
+            )
+        return out[:, ids.shape[1] :].tolist()
+
+    probe_tokens = min(new_tokens, 9)
+    probes = {}
+    for threads in thread_candidates():
+        torch.set_num_threads(threads)
+        run([], probe_tokens)  # warm-up at this thread count
+        probes[threads] = len(prompts) * (probe_tokens - 1) / timed(lambda st: run(st, probe_tokens))[0]
+    torch.set_num_threads(max(probes, key=probes.get))
+    return run, probes
+
+
+def _agreement(ours: list[list[int]], theirs: list[list[int]]) -> float:
+    """Mean fraction of each row's tokens that match before the first difference."""
+    fractions = []
+    for a, b in zip(ours, theirs):
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        fractions.append(same / max(len(a), 1))
+    return float(np.mean(fractions))
+
+
+def build_model(config: ml_collections.ConfigDict, seed: int = 0) -> tuple[ModelSpec, Any, Any]:
+    """A randomly initialised model on the config's mesh: (spec, graphdef, params)."""
+    mesh = build_mesh(config.mesh)
+    rules = AxisRules.from_config(config.mesh.rules, mesh)
+    spec = model_spec(config, vocab_shards=rules.shards("vocab"))
+    graphdef, params, _ = init_params(spec, rules, seed)
+    return spec, graphdef, params
+
+
+def run_generate_bench(
+    config: ml_collections.ConfigDict,
+    vs_hf: bool,
+    json_path: str | None,
+    *,
+    prompt_len: int = PROMPT_LEN,
+    new_tokens: int = NEW_TOKENS,
+    batches: tuple[int, ...] = BATCHES,
+    repeats: int = 3,
+    bandwidth_mb: int = 512,
+) -> dict:
+    """Measure, print and (optionally) write the figures; returns them.
+
+    Top-level keys tokens_per_s / hf_tokens_per_s / speedup_vs_hf are for the largest batch,
+    `*_b<batch>` keys for every batch.
+    """
+    if prompt_len + new_tokens > config.model.max_seq_len:
+        new_tokens = config.model.max_seq_len - prompt_len
+    spec, graphdef, params = build_model(config)
+    generator = Generator(graphdef, params)
+    hf_model = _hf_model(config, params) if vs_hf else None
+    rng = np.random.default_rng(0)
+    result: dict = {
+        "config": {"family": spec.family, "d_model": spec.d_model, "n_layers": spec.n_layers, "vocab": spec.vocab_size},
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "device": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
+        "compute_dtype": jnp.dtype(spec.compute_dtype).name,
+        "decode": "greedy, no stop token; tokens/s of the decode loop (prefill subtracted)",
+    }
+    for batch in batches:
+        prompts = rng.integers(0, spec.vocab_size, (batch, prompt_len)).tolist()
+        runs = {}
+        runs["ours"], first_call = _our_runner(generator, prompts, new_tokens)
+        if hf_model is not None:
+            runs["hf"], probes = _hf_runner(hf_model, prompts, new_tokens)
+            result[f"hf_threads_b{batch}"] = max(probes, key=probes.get)
+            result[f"hf_probe_tokens_per_s_by_threads_b{batch}"] = {str(t): v for t, v in probes.items()}
+        best = interleaved(runs, repeats)
+        for name, prefix in (("ours", ""), ("hf", "hf_")):
+            if name in best:
+                decode_s, total_s, _ = best[name]
+                result[f"{prefix}tokens_per_s_b{batch}"] = batch * (new_tokens - 1) / decode_s
+                result[f"{prefix}e2e_tokens_per_s_b{batch}"] = batch * new_tokens / total_s
+        result[f"first_call_s_b{batch}"] = first_call
+        if "hf" in best:
+            result[f"speedup_vs_hf_b{batch}"] = result[f"tokens_per_s_b{batch}"] / result[f"hf_tokens_per_s_b{batch}"]
+            result[f"greedy_agreement_with_hf_b{batch}"] = _agreement(best["ours"][2], best["hf"][2])
+        log.info("batch %d: %.1f decode tokens/s", batch, result[f"tokens_per_s_b{batch}"])
+    top = max(batches)
+    result["batch"] = top
+    result["tokens_per_s"] = result[f"tokens_per_s_b{top}"]
+    if hf_model is not None:
+        result["hf_tokens_per_s"] = result[f"hf_tokens_per_s_b{top}"]
+        result["speedup_vs_hf"] = result[f"speedup_vs_hf_b{top}"]
+    if 1 in batches:
+        bandwidth = measure_bandwidth(bandwidth_mb)
+        bytes_per_step = weight_bytes(params, spec.compute_dtype)
+        result["bandwidth_gb_s"] = bandwidth / 1e9
+        result["weight_bytes_per_step"] = bytes_per_step
+        result["roofline_tokens_per_s_b1"] = bandwidth / bytes_per_step
+        result["roofline_fraction_b1"] = result["tokens_per_s_b1"] / result["roofline_tokens_per_s_b1"]
+    print(json.dumps(result, indent=2))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,158 @@
+"""The compiled core of generation: prefill the prompts in one pass, then decode inside a
+`lax.while_loop` over a preallocated KV cache.
+
+Layout: prompts are left-padded to a bucket length P, so every row's next token goes to the
+same cache slot (one `dynamic_update_slice` per step) while RoPE / learned positions stay
+per-row (`slot - pad`). The cache has S = P + N slots for N = the new-token bucket. Shapes depend
+only on (batch, P, N, stop-list width), so prompts of other lengths reuse the compiled program.
+
+Everything is a pure function of pytrees (`nnx.merge` happens inside the jitted functions), and
+`decode` takes a step limit so the host can run the loop in chunks to stream tokens without
+recompiling.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llm.generate.sampling import SamplingMode, choose_tokens, token_logprobs
+
+
+class DecodeState(NamedTuple):
+    """Everything the decode loop carries; `step` = how many new-token columns are filled."""
+
+    cache: Any
+    kv_valid: jax.Array  # (B, S) bool: the slot holds a real token of the row
+    tokens: jax.Array  # (B, N) int32 new tokens, pad_id where none was generated
+    logprobs: jax.Array  # (B, N) f32, or (B, 0) when not requested
+    last: jax.Array  # (B,) int32 token to feed next
+    positions: jax.Array  # (B,) int32 position of `last` in its sequence
+    lengths: jax.Array  # (B,) int32 new tokens generated
+    done: jax.Array  # (B,) bool
+    step: jax.Array  # () int32
+    key: jax.Array  # PRNG key of the request
+    max_new: jax.Array  # (B,) int32
+    stop_ids: jax.Array  # (B, K) int32, -1 = no stop token
+    temperature: jax.Array  # () f32
+    top_p: jax.Array  # () f32
+
+
+def _emit(state: DecodeState, logits: jax.Array, mode: SamplingMode, pad_id: int) -> DecodeState:
+    """Pick column `state.step`'s token from logits (B, V) and update the row bookkeeping."""
+    column = state.step
+    key = jax.random.fold_in(state.key, column)
+    active = ~state.done
+    tok = jnp.where(active, choose_tokens(key, logits, mode, state.temperature, state.top_p), pad_id)
+    tokens = jax.lax.dynamic_update_slice(state.tokens, tok[:, None], (0, column))
+    logprobs = state.logprobs
+    if logprobs.shape[1]:
+        lp = jnp.where(active, token_logprobs(logits, tok), 0.0)
+        logprobs = jax.lax.dynamic_update_slice(logprobs, lp[:, None], (0, column))
+    lengths = state.lengths + active.astype(jnp.int32)
+    hit_stop = jnp.any(tok[:, None] == state.stop_ids, axis=-1)
+    done = state.done | (active & hit_stop) | (lengths >= state.max_new)
+    return state._replace(
+        tokens=tokens,
+        logprobs=logprobs,
+        last=tok,
+        positions=state.positions + 1,
+        lengths=lengths,
+        done=done,
+        step=column + 1,
+    )
+
+
+def prefill(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    prompts: jax.Array,
+    prompt_lens: jax.Array,
+    max_new: jax.Array,
+    stop_ids: jax.Array,
+    key: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    *,
+    mode: SamplingMode,
+    new_tokens: int,
+    return_logprobs: bool,
+    pad_id: int,
+) -> DecodeState:
+    """Run the left-padded prompts (B, P) through the model in one pass, fill the cache and
+    choose the first new token of every row with max_new > 0."""
+    model = nnx.merge(graphdef, params)
+    batch, p = prompts.shape
+    pad = p - prompt_lens
+    kv_valid = jnp.arange(p + new_tokens)[None, :] >= pad[:, None]
+    positions = jnp.maximum(jnp.arange(p)[None, :] - pad[:, None], 0)
+    cache = model.init_cache(batch, p + new_tokens)
+    hidden, cache = model.hidden_states_cached(prompts, positions, kv_valid, cache, jnp.zeros((), jnp.int32))
+    logits = model.logits(hidden[:, -1:])[:, 0]
+    state = DecodeState(
+        cache=cache,
+        kv_valid=kv_valid,
+        tokens=jnp.full((batch, new_tokens), pad_id, jnp.int32),
+        logprobs=jnp.zeros((batch, new_tokens if return_logprobs else 0), jnp.float32),
+        last=jnp.full((batch,), pad_id, jnp.int32),
+        positions=prompt_lens - 1,
+        lengths=jnp.zeros((batch,), jnp.int32),
+        done=max_new <= 0,
+        step=jnp.zeros((), jnp.int32),
+        key=key,
+        max_new=max_new,
+        stop_ids=stop_ids,
+        temperature=temperature,
+        top_p=top_p,
+    )
+    return _emit(state, logits, mode, pad_id)
+
+
+def decode(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    state: DecodeState,
+    limit: jax.Array,
+    *,
+    mode: SamplingMode,
+    pad_id: int,
+) -> DecodeState:
+    """Decode one token per step until `limit` columns are filled, every row is done, or the
+    buffer is full. Done rows keep flowing through the batch but write nothing."""
+    model = nnx.merge(graphdef, params)
+    n = state.tokens.shape[1]
+    prompt_slots = state.kv_valid.shape[1] - n
+    max_position = model.spec.max_seq_len - 1
+    stop_at = jnp.minimum(limit, n)
+
+    def cond(s: DecodeState) -> jax.Array:
+        return (s.step < stop_at) & ~jnp.all(s.done)
+
+    def body(s: DecodeState) -> DecodeState:
+        index = prompt_slots + s.step - 1
+        positions = jnp.minimum(s.positions, max_position)[:, None]
+        hidden, cache = model.hidden_states_cached(s.last[:, None], positions, s.kv_valid, s.cache, index)
+        logits = model.logits(hidden)[:, 0]
+        return _emit(s._replace(cache=cache), logits, mode, pad_id)
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+class Engine:
+    """The jitted prefill and decode for one model graph. Compiled programs are cached by jax
+    per (batch, prompt bucket, new-token bucket, stop-list width, sampling mode)."""
+
+    def __init__(self, graphdef: nnx.GraphDef, pad_id: int):
+        self.prefill = jax.jit(
+            functools.partial(prefill, graphdef, pad_id=pad_id),
+            static_argnames=("mode", "new_tokens", "return_logprobs"),
+        )
+        self.decode = jax.jit(
+            functools.partial(decode, graphdef, pad_id=pad_id),
+            static_argnames=("mode",),
+            donate_argnames=("state",),
+        )

@@ -1,0 +1,77 @@
+"""Open a params-only checkpoint (llm.checkpoint.params_io) for generation: its config (with
+overrides such as the mesh), the model placed on the mesh, and its tokenizer."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterable
+
+import jax
+import ml_collections
+
+from llm.checkpoint.params_io import TOKENIZER_DIR, load_config_json, load_params
+from llm.config.loading import apply_overrides
+from llm.config.validate import validate_config
+from llm.data.tokenizer import Tokenizer, load_tokenizer
+from llm.errors import UserError
+from llm.generate.generator import Generator
+from llm.model.build import abstract_model, param_shardings
+from llm.model.spec import model_spec
+from llm.parallel.mesh import build_mesh
+from llm.parallel.rules import AxisRules
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    config: ml_collections.ConfigDict
+    tokenizer: Tokenizer
+    generator: Generator
+
+
+def checkpoint_config(directory: str | Path, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """The checkpoint's stored config with `a.b=value` overrides applied (mesh, precision...)."""
+    config = load_config_json(directory)
+    overrides = list(overrides)
+    if overrides:
+        config = apply_overrides(config, overrides)
+        validate_config(config)
+    return config
+
+
+def checkpoint_tokenizer(directory: str | Path, config: ml_collections.ConfigDict) -> Tokenizer:
+    """DIR/tokenizer, or the byte tokenizer when the model was trained on bytes."""
+    tok_dir = Path(directory) / TOKENIZER_DIR
+    if tok_dir.is_dir():
+        tokenizer = load_tokenizer(tok_dir)
+    elif config.data.tokenizer == "bytes":
+        tokenizer = load_tokenizer("bytes")
+    else:
+        raise UserError(
+            f"{str(directory)!r} has no {TOKENIZER_DIR}/ directory; re-export the checkpoint with its tokenizer"
+        )
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise UserError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.model.vocab_size}; "
+            "this tokenizer does not belong to the checkpoint"
+        )
+    return tokenizer
+
+
+def load_for_generation(directory: str | Path, config: ml_collections.ConfigDict) -> LoadedModel:
+    """Restore the params directly into their shardings on the mesh the config describes."""
+    mesh = build_mesh(config.mesh)
+    rules = AxisRules.from_config(config.mesh.rules, mesh)
+    spec = model_spec(config, vocab_shards=rules.shards("vocab"))
+    graphdef, abstract = abstract_model(spec, rules)
+    shardings = param_shardings(abstract, spec, rules)
+    if (Path(directory) / "checkpoints").is_dir() and not (Path(directory) / "params").is_dir():
+        from llm.checkpoint.export import restore_params  # a training workdir: its latest valid checkpoint
+
+        _, params, _ = restore_params(directory)
+        params = jax.device_put(params, shardings)
+    else:
+        _, params = load_params(directory, shardings)
+    tokenizer = checkpoint_tokenizer(directory, config)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    return LoadedModel(config, tokenizer, Generator(graphdef, params, pad_id=pad))

@@ -1,0 +1,192 @@
+"""llm.generate.generator: cached generation equals full recomputation, per-row limits and
+stops, streaming, bucketing, sampling reproducibility and the one-line input errors."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from llm.config.base import base_config
+from llm.errors import UserError
+from llm.generate.generator import Generator, bucket_length
+from llm.generate.sampling import SamplingOptions
+from llm.model.build import abstract_model, param_shardings
+from llm.model.spec import model_spec
+from llm.parallel.mesh import build_mesh
+from llm.parallel.rules import AxisRules
+
+CONTEXT = 96
+PROMPT_LENS = (1, 5, 16, 23)  # mixed, across two prompt buckets (16 and 32)
+MAX_NEW = (16, 7, 12, 9)  # one new-token bucket (16), so most tests share compiled programs
+
+
+def build(family: str = "llama", scan: bool = False):
+    """A small random model; vocab 250 pads to 256 so the padded logit columns are exercised."""
+    return _build(family, scan)  # one cache key per model, however the defaults are spelled
+
+
+@functools.lru_cache(maxsize=None)
+def _build(family: str, scan: bool):
+    c = base_config()
+    m = c.model
+    m.family, m.scan_layers = family, scan
+    m.vocab_size, m.d_model, m.n_layers, m.d_ff, m.max_seq_len = 250, 64, 2, 128, CONTEXT
+    m.n_heads, m.n_kv_heads = 4, (4 if family == "gpt2" else 2)
+    m.init_std = 0.1
+    c.data.seq_len = 64
+    mesh = build_mesh(c.mesh, jax.devices()[:1])
+    rules = AxisRules.from_config(c.mesh.rules, mesh)
+    graphdef, params = random_params(model_spec(c), rules, seed=1)
+    forward = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))
+    return Generator(graphdef, params), forward
+
+
+def random_params(spec, rules, seed: int):
+    """Random weights drawn with numpy and placed with the model's shardings (compiling the
+    jitted initialiser costs more than these tests); norm scales stay near 1."""
+    graphdef, abstract = abstract_model(spec, rules)
+    shardings = param_shardings(abstract, spec, rules)
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf, sharding):
+        name = jax.tree_util.keystr(path)
+        value = rng.normal(0.0, spec.init_std, leaf.shape)
+        if "norm" in name and "scale" in name:
+            value = value + 1.0
+        return jax.device_put(value.astype(np.float32), sharding)
+
+    params = jax.tree_util.tree_map_with_path(draw, abstract.to_pure_dict(), shardings)
+    return graphdef, params
+
+
+def prompts_for(lengths, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 250, size=n).tolist() for n in lengths]
+
+
+def full_logits(forward, params, seq: list[int]) -> np.ndarray:
+    """Logits of a full forward pass (right padding does not change earlier positions)."""
+    arr = np.zeros((1, CONTEXT), np.int32)
+    arr[0, : len(seq)] = seq
+    return np.asarray(forward(params, arr))[0, : len(seq)]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def greedy_by_recompute(forward, params, prompt: list[int], n: int) -> list[int]:
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(int(np.argmax(full_logits(forward, params, seq)[-1])))
+    return seq[len(prompt) :]
+
+
+@pytest.mark.parametrize("family,scan", [("llama", False), ("gpt2", False), ("llama", True)])
+def test_greedy_cached_equals_full_recompute_and_logprobs(family, scan):
+    gen, forward = build(family, scan)
+    prompts = prompts_for(PROMPT_LENS)
+    out = gen.generate(prompts, max_new_tokens=list(MAX_NEW), return_logprobs=True)
+    for prompt, n, c in zip(prompts, MAX_NEW, out):
+        assert c.finish_reason == "length" and len(c.tokens) == n
+        assert c.tokens == greedy_by_recompute(forward, gen.params, prompt, n)
+        seq = prompt + c.tokens
+        logp = log_softmax(full_logits(forward, gen.params, seq))
+        expected = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(c.tokens)]
+        np.testing.assert_allclose(c.logprobs, expected, rtol=1e-5)
+    assert len({t for c in out for t in c.tokens}) > 8  # not degenerate, so equality means something
+
+
+def test_per_row_stop_tokens_end_rows_early():
+    gen, _ = build()
+    prompts = prompts_for(PROMPT_LENS)
+    free = gen.generate(prompts, max_new_tokens=12, return_logprobs=True)
+    # Row 0 stops at its 4th token, row 2 at its 2nd (first occurrences); rows 1 and 3 get a
+    # stop id they never produce.
+    stop0, stop2 = free[0].tokens[3], free[2].tokens[1]
+    never = next(t for t in range(250) if t not in free[1].tokens + free[3].tokens)
+    stops = [[stop0], [never], [stop2], [never]]
+    out = gen.generate(prompts, max_new_tokens=12, stop_tokens=stops, return_logprobs=True)
+    for row, (f, c) in enumerate(zip(free, out)):
+        stop = stops[row][0]
+        if stop in f.tokens:
+            cut = f.tokens.index(stop) + 1
+            assert c.tokens == f.tokens[:cut] and c.finish_reason == "stop"
+        else:
+            assert c.tokens == f.tokens and c.finish_reason == "length"
+    assert len(out[0].tokens) <= 4 and len(out[2].tokens) <= 2
+
+
+def test_streaming_chunks_concatenate_to_the_one_shot_result():
+    gen, _ = build()
+    prompts = prompts_for(PROMPT_LENS, seed=3)
+    one_shot = gen.generate(prompts, max_new_tokens=list(MAX_NEW), return_logprobs=True)
+    chunks: list[list[list[int]]] = []
+    streamed = gen.generate(
+        prompts, max_new_tokens=list(MAX_NEW), return_logprobs=True, on_chunk=chunks.append, chunk_tokens=4
+    )
+    assert len(chunks) == 5  # the prefill's token, then ceil(15 / 4) chunks for the longest row
+    for row in range(len(prompts)):
+        joined = [t for chunk in chunks for t in chunk[row]]
+        assert joined == one_shot[row].tokens == streamed[row].tokens
+        assert streamed[row].logprobs == one_shot[row].logprobs
+
+
+def test_prompt_lengths_in_one_bucket_share_compiled_programs():
+    gen, _ = build()
+    before_prefill = gen.engine.prefill._cache_size()
+    before_decode = gen.engine.decode._cache_size()
+    for lengths, new in [((3, 9), 5), ((14, 2), 11), ((16, 1), 16)]:
+        gen.generate(prompts_for(lengths), max_new_tokens=new)
+    # A short last batch padded to the batch size reuses the program too, with the same tokens.
+    full = gen.generate(prompts_for((4, 7)), max_new_tokens=6)
+    short = gen.generate(prompts_for((4,)), max_new_tokens=6, pad_batch_to=2)
+    assert short[0].tokens == full[0].tokens
+    assert gen.engine.prefill._cache_size() - before_prefill <= 1
+    assert gen.engine.decode._cache_size() - before_decode <= 1
+    assert [bucket_length(n) for n in (1, 16, 17, 33)] == [16, 16, 32, 64]
+
+
+def test_sampling_is_reproducible_and_top_k_1_is_greedy():
+    gen, _ = build()
+    prompts = prompts_for(PROMPT_LENS)
+    hot = SamplingOptions(temperature=1.5, top_p=0.95)
+    a = gen.generate(prompts, max_new_tokens=10, options=hot, seed=7)
+    b = gen.generate(prompts, max_new_tokens=10, options=hot, seed=7)
+    c = gen.generate(prompts, max_new_tokens=10, options=hot, seed=8)
+    assert [x.tokens for x in a] == [x.tokens for x in b]
+    assert [x.tokens for x in a] != [x.tokens for x in c]
+    compiled = gen.engine.decode._cache_size()
+    gen.generate(prompts, max_new_tokens=10, options=SamplingOptions(temperature=0.7, top_p=0.5), seed=7)
+    assert gen.engine.decode._cache_size() == compiled  # temperature and top-p values are traced
+    greedy = gen.generate(prompts, max_new_tokens=10, return_logprobs=True)
+    top1 = gen.generate(prompts, max_new_tokens=10, options=SamplingOptions(temperature=1.5, top_k=1), seed=3)
+    assert [x.tokens for x in top1] == [x.tokens for x in greedy]
+
+
+@pytest.mark.parametrize(
+    "prompts,kwargs,message",
+    [
+        ([[1, 2], []], {}, "prompt 1 is empty"),
+        ([[1] * CONTEXT], {}, f"context holds {CONTEXT}"),
+        ([[1] * 90], {"max_new_tokens": 10}, "lower max_new_tokens to <= 6"),
+        ([[1, 2]], {"stop_tokens": [300]}, "unknown stop token id 300"),
+        ([[1, 2]], {"options": SamplingOptions(temperature=-0.5)}, "temperature=-0.5 must be >= 0"),
+        ([[1, 2]], {"options": SamplingOptions(temperature=1.0, top_p=0.0)}, "top_p=0.0"),
+        ([[1, 2]], {"max_new_tokens": 0}, "max_new_tokens=0"),
+        ([[1, 999]], {}, "token id 999 outside the vocabulary"),
+        ([], {}, "no prompts"),
+    ],
+)
+def test_bad_input_is_a_one_line_user_error(prompts, kwargs, message):
+    gen, _ = build()
+    kwargs = {"max_new_tokens": 4, **kwargs}
+    with pytest.raises(UserError, match=message) as err:
+        gen.generate(prompts, **kwargs)
+    assert "\n" not in str(err.value)

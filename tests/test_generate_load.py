@@ -1,0 +1,55 @@
+"""llm.generate.load: the checkpoint's config with overrides, and the tokenizer checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm.checkpoint.params_io import CONFIG_FILE, config_to_json
+from llm.config.base import base_config
+from llm.data.tokenizer import ByteTokenizer
+from llm.errors import UserError
+from llm.generate.load import checkpoint_config, checkpoint_tokenizer
+
+
+def write_config(directory, **model):
+    c = base_config()
+    for key, value in model.items():
+        c.model[key] = value
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(config_to_json(c))
+    return c
+
+
+def test_overrides_apply_to_the_stored_config(tmp_path):
+    write_config(tmp_path, vocab_size=300)
+    config = checkpoint_config(tmp_path, ["mesh.tensor=2", "precision.compute=bfloat16"])
+    assert config.model.vocab_size == 300 and config.mesh.tensor == 2 and config.precision.compute == "bfloat16"
+    with pytest.raises(UserError, match="unknown config key 'mesh.tensr'"):
+        checkpoint_config(tmp_path, ["mesh.tensr=2"])
+
+
+def test_byte_models_need_no_tokenizer_directory(tmp_path):
+    config = write_config(tmp_path)
+    assert isinstance(checkpoint_tokenizer(tmp_path, config), ByteTokenizer)
+
+
+def test_a_sentencepiece_model_without_its_tokenizer_is_an_error(tmp_path):
+    config = write_config(tmp_path, vocab_size=8000)
+    config.data.tokenizer = "/somewhere/tokenizer.model"
+    with pytest.raises(UserError, match="has no tokenizer/ directory"):
+        checkpoint_tokenizer(tmp_path, config)
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused(tmp_path):
+    config = write_config(tmp_path, vocab_size=128)
+    ByteTokenizer().save(tmp_path / "tokenizer")
+    with pytest.raises(UserError, match="tokenizer has 256 tokens but the model only 128"):
+        checkpoint_tokenizer(tmp_path, config)
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        checkpoint_config(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="config.json"):
+        checkpoint_config(tmp_path / "empty")
