@@ -28,8 +28,8 @@ from llm.parallel.rules import AxisRules
 from llm.parallel.topology import TpuTopology
 from llm.train.loss import lm_loss_fn
 from llm.train.optimizer import build_optimizer
-from llm.train.setup import check_batch, opt_state_shardings
-from llm.train.step import TrainState, make_train_step
+from llm.train.setup import check_batch, jit_train_step, opt_state_shardings
+from llm.train.step import TrainState
 
 # What the data pipeline yields per step (llm.data.pipeline.BATCH_KEYS); a test keeps them equal.
 BATCH_FIELDS = {
@@ -75,20 +75,7 @@ def abstract_setup(config: ml_collections.ConfigDict, devices: list) -> Abstract
     batch_sharding = rules.sharding(("batch", "length"))
     shape = (config.data.batch_size, config.data.seq_len)
     batch = {k: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sharding) for k, dt in BATCH_FIELDS.items()}
-    step_fn = make_train_step(
-        lm_loss_fn(graphdef, config.train.z_loss),
-        optimizer,
-        schedule,
-        seed=config.train.seed,
-        grad_accum=config.train.grad_accum,
-        skip_nonfinite=config.train.nan_policy == "skip",
-    )
-    train_step = jax.jit(
-        step_fn,
-        in_shardings=(state_shardings, batch_sharding, None),
-        out_shardings=(state_shardings, None),
-        donate_argnums=(0,),
-    )
+    train_step = jit_train_step(config, lm_loss_fn(graphdef, config.train.z_loss), optimizer, schedule, state_shardings, batch_sharding)
     return AbstractSetup(mesh, rules, spec, state, batch, train_step)
 
 

@@ -101,6 +101,24 @@ def _mesh_rules_spec(config: ml_collections.ConfigDict, devices: list | None) ->
     return mesh, rules, spec
 
 
+def jit_train_step(config: ml_collections.ConfigDict, loss_fn: LossFn, optimizer, schedule, state_shardings: Any, batch_sharding) -> Callable:
+    """The jitted step every run uses (and `llm compile` lowers): state sharded and donated."""
+    step_fn = make_train_step(
+        loss_fn,
+        optimizer,
+        schedule,
+        seed=config.train.seed,
+        grad_accum=config.train.grad_accum,
+        skip_nonfinite=config.train.nan_policy == "skip",
+    )
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_sharding, None),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+
+
 def _assemble(
     config: ml_collections.ConfigDict,
     mesh: Mesh,
@@ -121,20 +139,7 @@ def _assemble(
     state = TrainState(step, params, opt_state)
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     batch_sharding = rules.sharding(("batch", "length"))
-    step_fn = make_train_step(
-        loss_fn,
-        optimizer,
-        schedule,
-        seed=config.train.seed,
-        grad_accum=config.train.grad_accum,
-        skip_nonfinite=config.train.nan_policy == "skip",
-    )
-    train_step = jax.jit(
-        step_fn,
-        in_shardings=(state_shardings, batch_sharding, None),
-        out_shardings=(state_shardings, None),
-        donate_argnums=(0,),
-    )
+    train_step = jit_train_step(config, loss_fn, optimizer, schedule, state_shardings, batch_sharding)
     eval_step = jax.jit(make_eval_step(eval_loss_fn), in_shardings=(state_shardings.params, None, batch_sharding))
     setup = TrainSetup(
         config=config,
