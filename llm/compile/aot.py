@@ -8,6 +8,7 @@ libtpu's topology description, XLA's TPU compiler reports the per-device memory 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -146,24 +147,42 @@ def compile_step(setup: AbstractSetup) -> StepCompilation:
     )
 
 
-def _quiet_libtpu(topology: TpuTopology) -> None:
+@contextlib.contextmanager
+def _quiet_libtpu(topology: TpuTopology):
     """Let several compiles share libtpu (it otherwise takes a machine-wide lock file, even for
-    topology descriptions) and, off a TPU VM, stop it looking for TPU metadata (pages of warnings)."""
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    topology descriptions) and, off a TPU VM, stop it looking for TPU metadata (pages of warnings).
+
+    The variables are set only while libtpu describes the slice: left behind, TPU_WORKER_HOSTNAMES
+    would make a later `llm train` in the same process believe it runs on a TPU pod.
+    """
+    wanted = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
     if count_tpu_chips() == 0:
-        os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-        os.environ.setdefault("TPU_WORKER_ID", "0")
-        os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.name.replace("v5e-", "v5litepod-"))
+        wanted.update(
+            TPU_SKIP_MDS_QUERY="1",
+            TPU_WORKER_HOSTNAMES="localhost",
+            TPU_WORKER_ID="0",
+            TPU_ACCELERATOR_TYPE=topology.name.replace("v5e-", "v5litepod-"),
+        )
+    saved = {key: os.environ.get(key) for key in wanted}
+    for key, value in wanted.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def topology_devices(topology: TpuTopology) -> list:
     """Compile-only devices of the slice (needs the libtpu wheel, not a TPU)."""
     from jax.experimental import topologies
 
-    _quiet_libtpu(topology)
     try:
-        return list(topologies.get_topology_desc(topology.topology, "tpu").devices)
+        with _quiet_libtpu(topology):
+            return list(topologies.get_topology_desc(topology.topology, "tpu").devices)
     except RuntimeError as err:
         if "not installed" in str(err) or "TPU support" in str(err):
             raise UserError(
