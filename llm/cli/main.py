@@ -17,6 +17,9 @@ from llm.errors import UserError
 SUBCOMMAND_MODULES = (
     "quickstart",
     "train",
+    "sft",
+    "classify",
+    "compare",
     "export",
     "generate",
     "bench",

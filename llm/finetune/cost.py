@@ -1,0 +1,165 @@
+"""The cost report of a fine-tuning run (<workdir>/cost.json) and `llm compare`'s table.
+
+FLOPs and memory come from XLA's analysis of the compiled train step, on the run's own mesh,
+shapes and shardings: what the step really executes (frozen weight-gradient matmuls that
+were removed do not count), per device. Tokens/s is measured by the training loop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from llm.errors import UserError
+from llm.peft.quant import QTensor, quantized_bytes
+
+COST_FILE = "cost.json"
+BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "segment_ids": jnp.int32, "positions": jnp.int32, "loss_mask": jnp.float32}
+
+
+def count(tree: Any) -> int:
+    """Logical values in a tree (a QTensor counts the values it stands for)."""
+    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, QTensor))
+    return sum(int(x.size) for x in leaves)
+
+
+def step_analysis(setup, state, frozen) -> dict:
+    """XLA's flops and memory for one train step, from the jitted step lowered on abstract inputs."""
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    shape = (setup.config.data.batch_size, setup.config.data.seq_len)
+    batch = {k: jax.ShapeDtypeStruct(shape, dt, sharding=setup.batch_sharding) for k, dt in BATCH_DTYPES.items()}
+    compiled = setup.train_step.lower(abstract, batch, frozen).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    out = {"step_flops": float(cost.get("flops", float("nan"))) if cost else float("nan")}
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        total = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+        peak = int(getattr(memory, "peak_memory_in_bytes", 0) or 0)
+        out.update(
+            peak_memory_bytes=int(max(peak, total)),
+            temp_bytes=int(memory.temp_size_in_bytes),
+            argument_bytes=int(memory.argument_size_in_bytes),
+        )
+    return out
+
+
+def from_metrics(workdir: str | Path) -> dict:
+    """The latest eval loss, speed and the start weights' eval loss from metrics.jsonl, for a
+    re-run that had no steps left to take (its own summary has none of them)."""
+    path = Path(workdir) / "metrics.jsonl"
+    out: dict = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("eval_loss") is not None:
+            out["start_eval_loss" if record.get("step") == 0 else "eval_loss"] = record["eval_loss"]
+        for key in ("tokens_per_s", "step_time"):
+            if record.get(key) is not None:
+                out[key] = record[key]
+    return out
+
+
+def cost_report(setup, state, frozen, summary: dict, method: str) -> dict:
+    trainable = count(state.params)
+    total = trainable + count(frozen)
+    frozen_bytes, _ = quantized_bytes(frozen)
+    report = {
+        "method": method,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_fraction": trainable / max(total, 1),
+        "frozen_bytes": int(frozen_bytes),
+        "trainable_bytes": int(sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state.params))),
+        "tokens_per_s": summary.get("tokens_per_s"),
+        "step_time": summary.get("step_time"),
+        "eval_loss": summary.get("eval_loss"),
+        "start_eval_loss": summary.get("start_eval_loss"),
+        "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform,
+        "batch": [setup.config.data.batch_size, setup.config.data.seq_len],
+        "scan_layers": bool(setup.spec.scan_layers),
+    }
+    report.update(step_analysis(setup, state, frozen))
+    if setup.spec.scan_layers:
+        report["note"] = "scanned layers: XLA counts the loop body once, so step_flops covers one layer of the stack"
+    return report
+
+
+def method_name(config) -> str:
+    p = config.peft
+    if p.lora_rank:
+        return f"q{p.quantize}-lora r{p.lora_rank}" if p.quantize else f"lora r{p.lora_rank}"
+    return f"frozen {len(p.freeze)} pattern(s)" if p.freeze else "full"
+
+
+def write_cost(workdir: Path, report: dict) -> Path:
+    path = Path(workdir) / COST_FILE
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def read_cost(workdir: str | Path) -> dict:
+    path = Path(workdir) / COST_FILE
+    if not path.is_file():
+        raise UserError(f"{str(workdir)!r} has no {COST_FILE}; run `llm sft` (or `llm classify`) into it first")
+    return json.loads(path.read_text())
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if kind == "int":
+        return f"{value / 1e6:.3f}M" if value >= 1e5 else str(value)
+    if kind == "pct":
+        return f"{100 * value:.2f}%"
+    if kind == "flops":
+        return f"{value / 1e9:.1f} G"
+    if kind == "bytes":
+        return f"{value / 2**20:.0f} MiB"
+    if kind == "s":
+        return f"{value:.3f} s"
+    if kind == "rate":
+        return f"{value:.0f}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+ROWS = (
+    ("method", "method", "str", False),
+    ("trainable params", "trainable_params", "int", True),
+    ("trainable %", "trainable_fraction", "pct", False),
+    ("total params", "total_params", "int", False),
+    ("frozen bytes", "frozen_bytes", "bytes", True),
+    ("step FLOPs", "step_flops", "flops", True),
+    ("peak memory", "peak_memory_bytes", "bytes", True),
+    ("step time", "step_time", "s", True),
+    ("tokens/s", "tokens_per_s", "rate", True),
+    ("start eval loss", "start_eval_loss", "float", False),
+    ("eval loss", "eval_loss", "float", False),
+    ("accuracy", "accuracy", "pct", False),
+    ("macro F1", "macro_f1", "float", False),
+)
+
+
+def compare_table(names: Sequence[str], reports: Sequence[dict]) -> str:
+    """A markdown table, one column per run; sizes and speeds also as a ratio to the first run."""
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    first = reports[0]
+    for label, key, kind, ratio in ROWS:
+        if all(r.get(key) is None for r in reports):
+            continue
+        cells = []
+        for r in reports:
+            text = _fmt(r.get(key), kind)
+            base, value = first.get(key), r.get(key)
+            if ratio and r is not first and isinstance(base, (int, float)) and isinstance(value, (int, float)) and base:
+                text += f" ({value / base:.2f}x)"
+            cells.append(text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

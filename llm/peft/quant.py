@@ -1,0 +1,123 @@
+"""Block-wise int8 / NF4 storage for frozen weights (QLoRA), dequantized where they are read.
+
+A QTensor replaces an array leaf of the frozen tree. Its layout views the weight as a matrix
+(rows = the input side, flattened; columns = the output side) with any leading layer axis kept,
+and stores one f32 scale (the block's absolute maximum) per `block` consecutive rows of a
+column. NF4 packs two 4-bit codes per byte: 0.5 + 4 / block bytes per value (0.5625 at 64).
+
+`qtensor[...]` returns the dequantized array, so model code that reads `variable[...]`
+(Dense kernels, the embedding, the LM head) runs unchanged; the dequantize is elementwise work
+feeding the matmul, which XLA fuses into the dot's operand on GPU and TPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llm.errors import UserError
+
+# The 16 NF4 levels (QLoRA, Dettmers et al. 2023): quantiles of N(0, 1) scaled to [-1, 1], with an exact 0.
+NF4_LEVELS = np.array([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+], np.float32)
+_NF4_MIDPOINTS = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QTensor:
+    codes: jax.Array  # int8 (*lead, rows, cols) or uint8 (*lead, rows / 2, cols) for nf4
+    scales: jax.Array  # f32 (*lead, rows / block, cols)
+    shape: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))  # the logical shape
+    lead: int = dataclasses.field(metadata=dict(static=True))  # leading (layer) axes kept
+    rows: int = dataclasses.field(metadata=dict(static=True))
+    fmt: str = dataclasses.field(metadata=dict(static=True))
+    block: int = dataclasses.field(metadata=dict(static=True))
+    dtype: Any = dataclasses.field(metadata=dict(static=True))  # of the dequantized array
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.size * self.codes.dtype.itemsize + self.scales.size * self.scales.dtype.itemsize
+
+    def dequantize(self) -> jax.Array:
+        # Inside a scan over layers the leaves arrive without their layer axis; the static
+        # shape still has it, so drop as many leading dims as the codes lost.
+        shape = self.shape[self.lead - (self.codes.ndim - 2):]
+        lead = shape[: self.codes.ndim - 2]
+        cols = self.codes.shape[-1]
+        if self.fmt == "nf4":
+            packed = self.codes.astype(jnp.int32)
+            idx = jnp.stack([packed >> 4, packed & 15], axis=-2).reshape(*lead, self.rows, cols)
+            values = jnp.asarray(NF4_LEVELS)[idx]
+        else:
+            values = self.codes.astype(jnp.float32) / 127.0
+        blocks = values.reshape(*lead, self.rows // self.block, self.block, cols) * self.scales[..., :, None, :]
+        return blocks.reshape(shape).astype(self.dtype)
+
+    def __getitem__(self, index):
+        if index is not Ellipsis:
+            raise TypeError("a QTensor only supports [...] (the whole dequantized array)")
+        return self.dequantize()
+
+
+def matrix_rows(shape: tuple[int, ...], lead: int, n_in: int) -> int:
+    """Rows of the matrix view: the product of the input dims after the leading axes."""
+    return math.prod(shape[lead : lead + n_in])
+
+
+def can_quantize(shape: tuple[int, ...], lead: int, n_in: int, block: int) -> bool:
+    body = shape[lead:]
+    return len(body) >= 2 and 0 < n_in < len(body) and matrix_rows(shape, lead, n_in) % block == 0
+
+
+def quantize(x: jax.Array, fmt: str, block: int, lead: int = 0, n_in: int = 1) -> QTensor:
+    """Block-wise absmax quantization of `x` viewed as (*lead, rows, cols)."""
+    shape = tuple(x.shape)
+    if not can_quantize(shape, lead, n_in, block):
+        raise UserError(f"cannot quantize an array of shape {shape} in blocks of {block} rows; set peft.quant_block to a divisor of its input size")
+    rows = matrix_rows(shape, lead, n_in)
+    lead_shape = shape[:lead]
+    m = x.astype(jnp.float32).reshape(*lead_shape, rows // block, block, -1)
+    scales = jnp.max(jnp.abs(m), axis=-2)
+    safe = jnp.where(scales > 0, scales, 1.0)
+    normed = m / safe[..., :, None, :]
+    cols = m.shape[-1]
+    if fmt == "int8":
+        codes = jnp.clip(jnp.round(normed * 127.0), -127, 127).astype(jnp.int8).reshape(*lead_shape, rows, cols)
+    elif fmt == "nf4":
+        idx = jnp.searchsorted(jnp.asarray(_NF4_MIDPOINTS), normed.reshape(*lead_shape, rows, cols)).astype(jnp.uint8)
+        pairs = idx.reshape(*lead_shape, rows // 2, 2, cols)
+        codes = (pairs[..., 0, :] << 4) | pairs[..., 1, :]
+    else:
+        raise UserError(f"quantization format {fmt!r} is not int8 or nf4")
+    return QTensor(codes, scales, shape, lead, rows, fmt, block, x.dtype)
+
+
+def quantized_bytes(tree: Any) -> tuple[int, int]:
+    """(bytes, logical values) of a tree that may hold QTensors."""
+    nbytes = values = 0
+    for leaf in jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, QTensor)):
+        if isinstance(leaf, QTensor):
+            nbytes += leaf.nbytes
+            values += leaf.size
+        else:
+            nbytes += leaf.size * leaf.dtype.itemsize
+            values += leaf.size
+    return nbytes, values
