@@ -11,9 +11,8 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from llm.bench.train_bench import synthetic_batch
+from llm.bench.train_bench import timed_steps
 from llm.checkpoint.manager import Checkpointer, abstract_like
-from llm.train.setup import build_setup
 
 
 def _dir_bytes(path: Path) -> int:
@@ -21,15 +20,8 @@ def _dir_bytes(path: Path) -> int:
 
 
 def run_checkpoint_bench(config: ml_collections.ConfigDict, steps: int, json_path: str | None) -> dict:
-    setup, state = build_setup(config)
-    batch = setup.shard_batch(synthetic_batch(setup.spec.vocab_size, config.data.batch_size, config.data.seq_len))
-    state, metrics = setup.train_step(state, batch, {})
-    jax.block_until_ready(metrics["loss"])
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = setup.train_step(state, batch, {})
-    jax.block_until_ready(metrics["loss"])
-    step_time = (time.perf_counter() - start) / steps
+    setup, state, batch, metrics, elapsed = timed_steps(config, steps, warmup=1)
+    step_time = elapsed / steps
     with tempfile.TemporaryDirectory() as tmp:
         config.checkpoint.async_save = True
         ckpt = Checkpointer(tmp, config)

@@ -36,11 +36,11 @@ def peak_memory_bytes() -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS (CPU)"
 
 
-def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int = 2) -> dict:
+def timed_steps(config: ml_collections.ConfigDict, steps: int, warmup: int = 2):
+    """(setup, state, metrics, seconds for `steps` steps after `warmup` compiled ones) on one
+    synthetic batch, so only the train step is timed."""
     setup, state = build_setup(config)
-    spec = setup.spec
-    batch_size, seq_len = config.data.batch_size, config.data.seq_len
-    batch = setup.shard_batch(synthetic_batch(spec.vocab_size, batch_size, seq_len))
+    batch = setup.shard_batch(synthetic_batch(setup.spec.vocab_size, config.data.batch_size, config.data.seq_len))
     for _ in range(warmup):
         state, metrics = setup.train_step(state, batch, {})
     jax.block_until_ready(metrics["loss"])
@@ -48,7 +48,13 @@ def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int = 2) 
     for _ in range(steps):
         state, metrics = setup.train_step(state, batch, {})
     jax.block_until_ready(metrics["loss"])
-    elapsed = time.perf_counter() - start
+    return setup, state, batch, metrics, time.perf_counter() - start
+
+
+def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int = 2) -> dict:
+    setup, state, _, metrics, elapsed = timed_steps(config, steps, warmup)
+    spec = setup.spec
+    batch_size, seq_len = config.data.batch_size, config.data.seq_len
     memory, memory_source = peak_memory_bytes()
     peak, peak_source = device_peak_flops()
     tokens_per_s = steps * batch_size * seq_len / elapsed
