@@ -13,9 +13,13 @@ from llm.errors import UserError
 from llm.finetune.cost import step_analysis
 from llm.finetune.recipe import build_partition, lora_info
 from llm.finetune.sft import lm_task
+from llm.model.build import init_params
+from llm.model.spec import model_spec
+from llm.parallel.mesh import build_mesh
+from llm.parallel.rules import AxisRules
 from llm.peft import lora
 from llm.peft.spec import leaf_paths, peft_spec
-from llm.peft.split import combine
+from llm.peft.split import combine, split_params
 from llm.train.setup import build_partitioned_setup, build_setup
 
 
@@ -79,10 +83,15 @@ def test_freeze_regexes_drop_gradients_and_optimizer_state():
 
 
 def test_freeze_errors():
-    with pytest.raises(UserError, match=r"peft.freeze regex 'nope' matches no parameter"):
-        partitioned(tiny_config("peft.freeze=nope"))
+    config = tiny_config()
+    rules = AxisRules.from_config(config.mesh.rules, build_mesh(config.mesh, jax.devices()[:1]))
+    graphdef, params, _ = init_params(model_spec(config, platform="cpu"), rules, 0)
+    with pytest.raises(UserError, match=r"peft.freeze regex 'nope' matches no parameter; paths look like blocks/0/"):
+        split_params(graphdef, params, peft_spec(tiny_config("peft.freeze=nope")), 0)
     with pytest.raises(UserError, match="freezes every parameter"):
-        partitioned(tiny_config("peft.freeze=.*"))
+        split_params(graphdef, params, peft_spec(tiny_config("peft.freeze=.*")), 0)
+    with pytest.raises(UserError, match="peft.freeze applies to full fine-tuning"):
+        peft_spec(tiny_config("peft.freeze=embed", "peft.lora_rank=4"))
     with pytest.raises(UserError, match="peft.quantize='nf4' freezes a quantized base and trains LoRA adapters; set peft.lora_rank > 0"):
         peft_spec(tiny_config("peft.quantize=nf4"))
 
