@@ -30,6 +30,8 @@ def test_lora_sft_lowers_held_out_loss_writes_outputs_and_resumes_and_qlora_runs
         sft("configs/sft_qlora_tiny.py", qlora, manifest, pre, "--config.train.steps=2", "--config.train.eval_every=2",
             "--config.train.eval_steps=1"),
         ["compare", str(lora), str(qlora)],
+        ["export", "--workdir", str(lora), "--out", str(tmp_path / "export")],  # the merged weights, not the adapters
+        ["generate", "--workdir", str(lora), "--prompt", "def f(x):", "--max-new-tokens", "4"],
     )
     for code, err in results:
         assert code == 0, err[-3000:]
@@ -50,6 +52,8 @@ def test_lora_sft_lowers_held_out_loss_writes_outputs_and_resumes_and_qlora_runs
     assert (lora / "merged" / "params").is_dir() and (lora / "merged" / "tokenizer").is_dir()
     merged_config = json.loads((lora / "merged" / "config.json").read_text())
     assert merged_config["peft"]["lora_rank"] == 0 and merged_config["model"]["d_model"] == 128
+    exported = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert exported["model"] == merged_config["model"] and (tmp_path / "export" / "params").is_dir()
     checkpoint_bytes = sum(f.stat().st_size for f in (lora / "checkpoints").rglob("*") if f.is_file())
     assert checkpoint_bytes < 2_000_000  # adapters and their optimizer state only
 

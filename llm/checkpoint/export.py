@@ -30,6 +30,8 @@ def restore_params(workdir: str | Path, step: int = -1) -> tuple:
         raise UserError(f"no checkpoint for step {step} in {ckpt.directory} (available: {steps})")
     candidates = [step] if step >= 0 else list(reversed(steps))
     ckpt.close()
+    if config.peft.lora_rank or config.peft.freeze or config.finetune.task == "classification":  # llm sft / classify: see _fine_tuned
+        return _fine_tuned(workdir, step, steps[-1])
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     for candidate in candidates:
         path = ckpt.directory / str(candidate) / "state"
@@ -49,6 +51,21 @@ def restore_params(workdir: str | Path, step: int = -1) -> tuple:
                 raise UserError(f"checkpoint {path.parent} is damaged ({type(err).__name__}); export another step") from err
             log.warning("checkpoint %s is damaged (%s); trying the previous one", path.parent, type(err).__name__)
     raise UserError(f"every checkpoint in {ckpt.directory} is damaged")
+
+
+def _fine_tuned(workdir: Path, step: int, last: int) -> tuple:
+    """A LoRA / partial fine-tuning run: its whole model is <workdir>/merged (written at the end)."""
+    from llm.checkpoint.params_io import load_params
+
+    merged = workdir / "merged"
+    if step >= 0 and step != last or not (merged / "params").is_dir():
+        raise UserError(
+            f"{str(workdir)!r} is a LoRA or partial fine-tuning run: its checkpoints hold only the trained parameters; "
+            f"its full weights are {merged}, written when the run finishes (finetune.export_merged)"
+        )
+    config, params = load_params(merged)
+    log.info("%s is a fine-tuning run; its full weights come from %s", workdir, merged)
+    return config, params, last
 
 
 def export_workdir(workdir: str | Path, out: str | Path, step: int = -1, dtype: str | None = None) -> Path:

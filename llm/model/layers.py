@@ -56,11 +56,11 @@ class Dense(nnx.Module):
         self.bias = param(rngs, nnx.initializers.zeros, out_shape, out_axes, dtype) if use_bias else None
 
     def __call__(self, x: jax.Array, compute_dtype) -> jax.Array:
-        kernel = self.kernel[...].astype(compute_dtype)
-        letters = "abcdefgh"
-        n_out = kernel.ndim - self.n_in
-        ins, outs = letters[: self.n_in], letters[self.n_in : self.n_in + n_out]
-        y = _flat_matmul(x.astype(compute_dtype), kernel, self.n_in)
+        stored = self.kernel.get_value()
+        if hasattr(stored, "matmul"):  # a frozen quantized kernel (llm.peft.quant) multiplies itself
+            y = stored.matmul(x, self.n_in, compute_dtype)
+        else:
+            y = _flat_matmul(x.astype(compute_dtype), self.kernel[...].astype(compute_dtype), self.n_in)
         if getattr(self, "lora_a", None) is not None:
             y = y + self._low_rank(x, compute_dtype)
         if self.bias is not None:

@@ -13,6 +13,7 @@ feeding the matmul, which XLA fuses into the dot's operand on GPU and TPU.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -56,25 +57,70 @@ class QTensor:
     def nbytes(self) -> int:
         return self.codes.size * self.codes.dtype.itemsize + self.scales.size * self.scales.dtype.itemsize
 
+    def _meta(self) -> tuple:
+        return (self.shape, self.lead, self.rows, self.fmt, self.block, self.dtype)
+
     def dequantize(self) -> jax.Array:
-        # Inside a scan over layers the leaves arrive without their layer axis; the static
-        # shape still has it, so drop as many leading dims as the codes lost.
-        shape = self.shape[self.lead - (self.codes.ndim - 2):]
-        lead = shape[: self.codes.ndim - 2]
-        cols = self.codes.shape[-1]
-        if self.fmt == "nf4":
-            packed = self.codes.astype(jnp.int32)
-            idx = jnp.stack([packed >> 4, packed & 15], axis=-2).reshape(*lead, self.rows, cols)
-            values = jnp.asarray(NF4_LEVELS)[idx]
-        else:
-            values = self.codes.astype(jnp.float32) / 127.0
-        blocks = values.reshape(*lead, self.rows // self.block, self.block, cols) * self.scales[..., :, None, :]
-        return blocks.reshape(shape).astype(self.dtype)
+        return _dequantize(self.codes, self.scales, self._meta())
 
     def __getitem__(self, index):
         if index is not Ellipsis:
             raise TypeError("a QTensor only supports [...] (the whole dequantized array)")
         return self.dequantize()
+
+    def matmul(self, x: jax.Array, n_in: int, compute_dtype) -> jax.Array:
+        """x (..., *in) @ the dequantized matrix, as one 2-D GEMM (what llm.model.layers.Dense
+        runs for a quantized kernel). The backward pass dequantizes again instead of keeping
+        the full-precision matrix from the forward pass alive: QLoRA's memory saving would
+        otherwise end at the first layer."""
+        if self.codes.ndim != 2:
+            raise ValueError("QTensor.matmul needs one layer's matrix (scanned stacks are sliced by the scan)")
+        body = self.shape[self.lead:]
+        in_shape, out_shape = body[:n_in], body[n_in:]
+        lead = x.shape[: x.ndim - n_in]
+        rows = x.reshape(-1, math.prod(in_shape)).astype(compute_dtype)
+        y = _qmatmul(rows, self.codes, self.scales, (*self._meta(), jnp.dtype(compute_dtype).name))
+        return y.reshape(*lead, *out_shape)
+
+
+def _dequantize(codes: jax.Array, scales: jax.Array, meta: tuple) -> jax.Array:
+    full_shape, full_lead, rows, fmt, block, dtype = meta
+    # Inside a scan over layers the leaves arrive without their layer axis; the static shape
+    # still has it, so drop as many leading dims as the codes lost.
+    shape = full_shape[full_lead - (codes.ndim - 2):]
+    lead = shape[: codes.ndim - 2]
+    cols = codes.shape[-1]
+    if fmt == "nf4":
+        packed = codes.astype(jnp.int32)
+        idx = jnp.stack([packed >> 4, packed & 15], axis=-2).reshape(*lead, rows, cols)
+        values = jnp.asarray(NF4_LEVELS)[idx]
+    else:
+        values = codes.astype(jnp.float32) / 127.0
+    blocks = values.reshape(*lead, rows // block, block, cols) * scales[..., :, None, :]
+    return blocks.reshape(shape).astype(dtype)
+
+
+def _matrix(codes: jax.Array, scales: jax.Array, meta: tuple) -> jax.Array:
+    *dequant_meta, compute = meta
+    w = _dequantize(codes, scales, tuple(dequant_meta))
+    return w.reshape(dequant_meta[2], -1).astype(compute)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _qmatmul(rows: jax.Array, codes: jax.Array, scales: jax.Array, meta: tuple) -> jax.Array:
+    return rows @ _matrix(codes, scales, meta)
+
+
+def _qmatmul_fwd(rows, codes, scales, meta):
+    return rows @ _matrix(codes, scales, meta), (codes, scales)
+
+
+def _qmatmul_bwd(meta, residuals, g):
+    codes, scales = residuals
+    return g @ _matrix(codes, scales, meta).T, None, None
+
+
+_qmatmul.defvjp(_qmatmul_fwd, _qmatmul_bwd)
 
 
 def matrix_rows(shape: tuple[int, ...], lead: int, n_in: int) -> int:
