@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main job on one machine: create .venv if it is missing, install the package,
-# and run the quickstart (corpus -> tokenizer -> pretrain tiny -> LoRA SFT -> eval -> report).
+# and run the quickstart (corpus -> tokenizer -> pretrain -> generate -> LoRA SFT -> generate -> report).
 #
 # Usage: launch/local.sh [--workdir DIR] [--venv DIR] [--python PY] [--dry-run] [-- EXTRA QUICKSTART ARGS]
 #   --workdir DIR   where the run lives (default runs/quickstart)

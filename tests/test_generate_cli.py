@@ -101,6 +101,7 @@ def test_batch_jsonl_mode(checkpoint, loaded, tmp_path):
         (["--prompt", "hi", "--temperature", "-1"], "temperature=-1.0 must be >= 0"),
         (["--input", "missing.jsonl", "--output", "o.jsonl"], "does not exist"),
         (["--input", "x.jsonl"], "--input needs --output"),
+        (["--prompt", "hi", "--limit", "2"], "--limit 2 needs --input"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(checkpoint, capsys, extra, message):
@@ -119,3 +120,46 @@ def test_stop_token_ends_the_completion_and_is_not_printed(checkpoint, loaded, c
                "--stop", chr(stop).encode("unicode_escape").decode()])
     assert rc == 0
     assert capsys.readouterr().out == ByteTokenizer().decode(tokens[:cut]) + "\n"
+
+
+def chat_prompt(text: str) -> str:
+    return f"<|user|>\n{text}<|end|>\n<|assistant|>\n"  # the default template (data.chat_template)
+
+
+def test_chat_wraps_prompts_and_takes_sft_messages_up_to_the_last_user_turn(checkpoint, loaded, tmp_path, capsys):
+    rc = main(["generate", "--checkpoint", checkpoint, "--prompt", "hi", "--chat", "--max-new-tokens", "6"])
+    assert rc == 0
+    text, _ = expected_text(loaded, chat_prompt("hi"), 6)
+    assert capsys.readouterr().out == text + "\n"
+
+    rows = [
+        {"messages": [{"role": "user", "content": "ab"}, {"role": "assistant", "content": "reference"}], "id": 1},
+        {"prompt": "cd", "id": 2},
+        {"messages": [{"role": "user", "content": "never read"}], "id": 3},
+    ]
+    src, dst = tmp_path / "sft.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rc = main(["generate", "--checkpoint", checkpoint, "--chat", "--input", str(src), "--limit", "2",
+               "--output", str(dst), "--max-new-tokens", "5"])
+    assert rc == 0
+    out = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert [o["id"] for o in out] == [1, 2]
+    assert out[0]["messages"] == rows[0]["messages"]  # the reference answer stays next to the completion
+    for o, user in zip(out, ["ab", "cd"]):
+        assert o["completion"] == expected_text(loaded, chat_prompt(user), 5)[0]
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"messages": [{"role": "assistant", "content": "x"}]}\n', "has no user turn"),
+        ('{"messages": "x"}\n', 'has neither a string "prompt" field nor a "messages" list'),
+        (b'{"prompt": "\xff"}\n', "is not UTF-8"),
+    ],
+)
+def test_chat_input_errors(checkpoint, tmp_path, capsys, content, message):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(content if isinstance(content, bytes) else content.encode())
+    rc = main(["generate", "--checkpoint", checkpoint, "--chat", "--input", str(src), "--output", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1, err

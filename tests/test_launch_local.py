@@ -30,11 +30,11 @@ def test_dry_run_reuses_an_existing_venv_and_passes_arguments(tmp_path):
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "python").write_text("#!/bin/sh\n")
     (tmp_path / "bin" / "python").chmod(0o755)
-    out = run("--dry-run", "--venv", str(tmp_path), "--workdir", "my runs/q", "--", "--config.train.steps=5")
+    out = run("--dry-run", "--venv", str(tmp_path), "--workdir", "my runs/q", "--", "--steps", "5")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert not any(" -m venv " in line for line in lines)
-    assert lines[-1] == f"{tmp_path}/bin/llm quickstart --workdir 'my runs/q' --config.train.steps=5"
+    assert lines[-1] == f"{tmp_path}/bin/llm quickstart --workdir 'my runs/q' --steps 5"
 
 
 def test_unknown_option_is_a_one_line_error():

@@ -2,11 +2,15 @@
 
     llm generate --checkpoint DIR --prompt "Once upon a time" [--max-new-tokens 64]
     llm generate --checkpoint DIR --input prompts.jsonl --output out.jsonl [--batch-size 16]
+    llm generate --workdir SFT_RUN --chat --input sft/validation.jsonl --limit 8 --output out.jsonl
 
 One --prompt streams its tokens to the console as they are produced; several are completed as
 one batch. Batch mode reads JSON lines with a "prompt" field (and optionally
 "max_new_tokens"), writes each input object back with "completion", "tokens" and
 "finish_reason" added (and "logprobs" with --logprobs), and shows a progress bar.
+--chat formats each prompt as a user turn of the model's chat template and opens the assistant
+turn, as `llm sft` trained it; with --chat an input line may instead hold SFT "messages", whose
+turns up to the last user turn are the prompt (so a held-out SFT file can be completed as is).
 `--config.a.b=value` overrides apply to the checkpoint's stored config (e.g. the mesh).
 """
 
@@ -40,6 +44,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="prompts per batch in --input mode")
     p.add_argument("--chunk-tokens", type=int, default=8, help="tokens decoded between console updates")
     p.add_argument("--logprobs", action="store_true", help="also return per-token log-probabilities")
+    p.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat template (as llm sft trains)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N lines of --input (0 = all)")
     p.set_defaults(func=run)
 
 
@@ -65,25 +71,70 @@ def _encode(tokenizer, config, text: str, where: str) -> list[int]:
     return ids
 
 
-def _read_jsonl(path: str) -> list[dict]:
+def _read_jsonl(path: str, chat: bool, limit: int) -> list[dict]:
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--input {path!r} does not exist; pass a JSONL file of {{\"prompt\": ...}} lines")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"--input {path!r} is not UTF-8 (byte {err.start}); re-encode it as UTF-8") from None
     rows = []
-    for n, line in enumerate(file.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise UserError(f"line {n} of {path} is not JSON ({err.msg}); write one object per line") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+        has_prompt = isinstance(row, dict) and isinstance(row.get("prompt"), str)
+        has_messages = chat and isinstance(row, dict) and isinstance(row.get("messages"), list)
+        if not (has_prompt or has_messages):
+            if chat:
+                raise UserError(f"line {n} of {path} has neither a string \"prompt\" field nor a \"messages\" list")
             raise UserError(f"line {n} of {path} has no string \"prompt\" field")
         row["_line"] = n
         rows.append(row)
+        if limit and len(rows) == limit:
+            break
     if not rows:
         raise UserError(f"--input {path!r} holds no prompts")
     return rows
+
+
+def _prompt_messages(row: dict, where: str) -> list[dict]:
+    """An SFT conversation up to (and including) its last user turn: what the model answers."""
+    messages = row["messages"]
+    users = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"]
+    if not users:
+        raise UserError(f"{where} has no user turn in \"messages\"; give a conversation that ends with the user's request")
+    for m in messages[: users[-1] + 1]:
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+            raise UserError(f"{where}: every message needs a role (system, user or assistant) and string content")
+    return messages[: users[-1] + 1]
+
+
+def _chat_template(source: str, config):
+    """The template the model was fine-tuned with: the config's, else its tokenizer's own."""
+    from llm.data.formats import chat_template
+
+    if config.data.chat_template:
+        return chat_template(config.data.chat_template)
+    for tok_dir in (Path(source) / "tokenizer", Path(source) / "merged" / "tokenizer"):
+        if (tok_dir / "chat_template.json").is_file():
+            return chat_template(str(tok_dir / "chat_template.json"))
+    raise UserError(
+        f"--chat: {source!r} has no chat template (data.chat_template is empty and its tokenizer has none); "
+        "pass --config.data.chat_template=default (or chatml, or a JSON file)"
+    )
+
+
+def _prompt_text(row: dict, template, where: str) -> str:
+    if template is None:
+        return row["prompt"]
+    if isinstance(row.get("prompt"), str):
+        return template.generation_prompt([{"role": "user", "content": row["prompt"]}])
+    return template.generation_prompt(_prompt_messages(row, where))
 
 
 def _validate_args(args: argparse.Namespace) -> None:
@@ -93,6 +144,8 @@ def _validate_args(args: argparse.Namespace) -> None:
         raise UserError("--output is only used with --input; with --prompt the completion goes to the console")
     if args.batch_size < 1 or args.chunk_tokens < 1:
         raise UserError("--batch-size and --chunk-tokens must be >= 1")
+    if args.limit < 0 or (args.limit and not args.input):
+        raise UserError(f"--limit {args.limit} needs --input and must be >= 0 (0 = every line)")
 
 
 def _stream_one(loaded, prompt_ids: list[int], stop_ids: list[int], kwargs: dict, out) -> None:
@@ -117,13 +170,14 @@ def _completion_text(tokenizer, tokens: list[int], stop_ids: list[int]) -> str:
     return tokenizer.decode(tokens)
 
 
-def _batch_file(loaded, args, stop_ids: list[int], kwargs: dict) -> None:
+def _batch_file(loaded, args, stop_ids: list[int], kwargs: dict, template) -> None:
     from tqdm import tqdm
 
-    rows = _read_jsonl(args.input)
-    encoded = [
-        _encode(loaded.tokenizer, loaded.config, r["prompt"], f"the prompt on line {r['_line']} of {args.input}") for r in rows
-    ]
+    rows = _read_jsonl(args.input, args.chat, args.limit)
+    encoded = []
+    for r in rows:
+        where = f"the prompt on line {r['_line']} of {args.input}"
+        encoded.append(_encode(loaded.tokenizer, loaded.config, _prompt_text(r, template, where), where))
     max_new = [int(r.get("max_new_tokens", args.max_new_tokens)) for r in rows]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     with open(args.output, "w") as f, tqdm(total=len(rows), unit="prompt", desc="generate") as bar:
@@ -162,13 +216,17 @@ def run(args: argparse.Namespace) -> int:
     for i, text in enumerate(prompts):
         if not text:
             raise UserError(f"--prompt number {i + 1} is empty; give some text to complete")
+    template = _chat_template(source, config) if args.chat else None
     loaded = load_for_generation(source, config)
     stop_ids = _stop_ids(loaded.tokenizer, args.stop, not args.no_eos_stop)
     kwargs = dict(options=options, stop_tokens=stop_ids, seed=args.seed, return_logprobs=args.logprobs)
     if args.input:
-        _batch_file(loaded, args, stop_ids, kwargs)
+        _batch_file(loaded, args, stop_ids, kwargs, template)
         return 0
-    encoded = [_encode(loaded.tokenizer, config, t, f"--prompt number {i + 1}") for i, t in enumerate(prompts)]
+    encoded = [
+        _encode(loaded.tokenizer, config, _prompt_text({"prompt": t}, template, ""), f"--prompt number {i + 1}")
+        for i, t in enumerate(prompts)
+    ]
     if len(encoded) == 1:
         _stream_one(
             loaded, encoded[0], stop_ids,

@@ -13,47 +13,87 @@ import shlex
 import time
 from pathlib import Path
 
-PRETRAIN_CONFIG = "configs/tiny.py"
-VOCAB = 1024
+PRETRAIN_CONFIG = "configs/quickstart.py"
+SFT_CONFIG = "configs/sft_lora_tiny.py"
+VOCAB = 1024  # configs/quickstart.py model.vocab_size
+SHOWN = 4  # held-out SFT prompts completed before and after fine-tuning
+GENERATE = ["--chat", "--input"]
 
 
 def quickstart_commands(workdir: str, steps: int | None = None) -> list[list[str]]:
     """The stages, as argv lists for `llm` (without the leading `llm`)."""
     w = workdir.rstrip("/")
-    corpus, curated, pre = f"{w}/corpus", f"{w}/curated", f"{w}/pretrain"
+    corpus, curated, pre, sft = f"{w}/corpus", f"{w}/curated", f"{w}/pretrain", f"{w}/sft_lora"
     train_extra = [f"--config.train.steps={steps}"] if steps else []
+
+    def generate(model: str, out: str) -> list[str]:
+        return ["generate", "--workdir", model, *GENERATE, f"{corpus}/sft/validation.jsonl", "--limit", str(SHOWN),
+                "--max-new-tokens", "96", "--output", out]
+
     return [
         ["data", "builtin", "--out", corpus],
         ["data", "curate", "--config", PRETRAIN_CONFIG, f"--config.data.path={corpus}/manifest.json", "--out", curated],
         ["tokenizer", "train", "--config", PRETRAIN_CONFIG, f"--config.data.path={curated}/manifest.json",
          "--vocab-size", str(VOCAB), "--workdir", pre],
         ["train", "--config", PRETRAIN_CONFIG, "--workdir", pre, f"--config.data.path={curated}/manifest.json",
-         f"--config.data.tokenizer={pre}/tokenizer/tokenizer.model", f"--config.model.vocab_size={VOCAB}", *train_extra],
+         f"--config.data.tokenizer={pre}/tokenizer/tokenizer.model", *train_extra],
+        generate(pre, f"{w}/generations_before.jsonl"),
+        ["sft", "--config", SFT_CONFIG, "--workdir", sft, "--init-from", pre, "--data", f"{corpus}/manifest.json", *train_extra],
+        generate(sft, f"{w}/generations_after.jsonl"),
     ]
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("quickstart", help="corpus -> curate -> tokenizer -> pretrain tiny -> report, on built-in data")
+    p = subparsers.add_parser("quickstart", help="corpus -> curate -> tokenizer -> pretrain tiny -> LoRA SFT -> generations before/after -> report, on built-in data")
     p.add_argument("--workdir", default="runs/quickstart")
-    p.add_argument("--steps", type=int, default=None, help="override the pretraining steps (default: the tiny config's)")
+    p.add_argument("--steps", type=int, default=None, help="override the pretraining and the SFT steps (default: the configs')")
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     p.set_defaults(func=run)
 
 
+def _summary_lines(summary: dict, keys: tuple[str, ...]) -> list[str]:
+    lines = []
+    for key in keys:
+        if key in summary:
+            value = summary[key]
+            lines.append(f"- {key}: {value:.4g}" if isinstance(value, float) else f"- {key}: {value}")
+    return lines
+
+
+def _generations(workdir: Path) -> list[tuple[str, str, str, str]]:
+    """(prompt, reference, before, after) for the held-out prompts completed before and after SFT."""
+    before, after = workdir / "generations_before.jsonl", workdir / "generations_after.jsonl"
+    if not (before.exists() and after.exists()):
+        return []
+    rows = []
+    for b, a in zip(before.read_text().splitlines(), after.read_text().splitlines()):
+        b, a = json.loads(b), json.loads(a)
+        user = next(m["content"] for m in reversed(b["messages"]) if m["role"] == "user")
+        reference = next((m["content"] for m in b["messages"] if m["role"] == "assistant"), "")
+        rows.append((user, reference, b["completion"], a["completion"]))
+    return rows
+
+
 def write_report(workdir: Path, timings: list[tuple[str, float]]) -> Path:
-    """report.md: what ran, how long it took, and the training and eval results."""
-    pre = workdir / "pretrain"
+    """report.md: what ran, how long it took, the pretraining and fine-tuning results, and the
+    held-out completions before and after fine-tuning."""
     lines = ["# Quickstart report", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| `{cmd}` | {seconds:.1f} |" for cmd, seconds in timings]
-    summary_path = pre / "summary.json"
+    summary_path = workdir / "pretrain" / "summary.json"
     if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
         lines += ["", "## Pretraining", ""]
-        for key in ("step", "loss", "eval_loss", "eval_perplexity", "tokens_per_s", "mfu"):
-            if key in summary:
-                value = summary[key]
-                lines.append(f"- {key}: {value:.4g}" if isinstance(value, float) else f"- {key}: {value}")
+        lines += _summary_lines(json.loads(summary_path.read_text()), ("step", "loss", "eval_loss", "eval_perplexity", "tokens_per_s", "mfu"))
         lines += ["", "![loss](pretrain/loss.png)"]
+    cost_path = workdir / "sft_lora" / "cost.json"
+    if cost_path.exists():
+        lines += ["", "## LoRA instruction tuning (held-out assistant-token loss)", ""]
+        lines += _summary_lines(json.loads(cost_path.read_text()), ("method", "trainable_params", "total_params", "trainable_fraction",
+                                                                    "start_eval_loss", "eval_loss", "tokens_per_s", "step_flops", "peak_memory_bytes"))
+        lines += ["", "![loss](sft_lora/loss.png)"]
+    for i, (prompt, reference, before, after) in enumerate(_generations(workdir), 1):
+        lines += ["", f"### Held-out prompt {i}", "", "```", prompt.rstrip(), "```"]
+        for title, text in (("reference", reference), ("before fine-tuning", before), ("after fine-tuning", after)):
+            lines += ["", f"{title}:", "", "```python", text.rstrip(), "```"]
     curate_report = workdir / "curated" / "report.json"
     if curate_report.exists():
         report = json.loads(curate_report.read_text())
@@ -61,6 +101,16 @@ def write_report(workdir: Path, timings: list[tuple[str, float]]) -> Path:
     path = workdir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def print_generations(workdir: Path, out=None) -> None:
+    """The first held-out completion before and after fine-tuning, on the console."""
+    rows = _generations(workdir)
+    if not rows:
+        return
+    prompt, reference, before, after = rows[0]
+    for title, text in (("held-out prompt", prompt), ("reference", reference), ("before fine-tuning", before), ("after fine-tuning", after)):
+        print(f"\n--- {title} ---\n{text.rstrip()}", file=out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,5 +132,6 @@ def run(args: argparse.Namespace) -> int:
             return code
         timings.append((line, time.perf_counter() - start))
     report = write_report(Path(args.workdir), timings)
-    print(f"\nreport: {report}")
+    print_generations(Path(args.workdir))
+    print(f"\nreport: {report} (all {SHOWN} held-out prompts, losses, timings)")
     return 0

@@ -1,0 +1,28 @@
+"""quickstart: the pretraining stage of `llm quickstart` (README main job): `tiny`'s shape with a
+1024-token sentencepiece vocabulary, trained on 4M tokens of the curated built-in corpus.
+
+Run (after `llm data builtin`, `llm data curate` and `llm tokenizer train`, as the quickstart does):
+  llm train --config configs/quickstart.py --workdir runs/quickstart/pretrain \
+      --config.data.path=runs/quickstart/curated/manifest.json \
+      --config.data.tokenizer=runs/quickstart/pretrain/tokenizer/tokenizer.model
+Expect: about 4 minutes on 2 CPU cores; the held-out loss falls from ~6.9 (uniform over 1024
+tokens) to about 3 nats per token.
+"""
+
+from pathlib import Path
+
+from llm.config.loading import load_config_file
+
+
+def get_config():
+    c = load_config_file(Path(__file__).with_name("tiny.py"))
+    c.unlock()
+    c.model.vocab_size = 1024
+    c.data.seq_len = 256
+    c.data.batch_size = 16
+    c.train.steps = 1000
+    c.train.log_every = 25
+    c.train.eval_every = 250
+    c.train.eval_steps = 8
+    c.optim.warmup_steps = 50
+    return c
