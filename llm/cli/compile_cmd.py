@@ -1,5 +1,7 @@
 """`llm compile`: compile the real train step for a TPU slice on this machine and say whether
-it fits, before anyone rents the slice.
+it fits, before anyone rents the slice. A fine-tuning config (LoRA / QLoRA, peft.freeze,
+classification) compiles the step `llm sft` / `llm classify` would run: frozen base, adapters
+or unfrozen parameters with their optimizer state, the task's loss.
 
 Needs the libtpu wheel (`pip install -e '.[tpu]'`), not a TPU. Exit code 0 when the config
 fits, 1 when it does not (the report then lists the candidates that were compiled).
@@ -16,7 +18,7 @@ from llm.config.loading import load_config
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("compile", help="compile the train step for a TPU slice and report memory and fit")
+    p = subparsers.add_parser("compile", help="compile the train (or fine-tuning) step for a TPU slice and report memory and fit")
     p.add_argument("--config", required=True, help="a configs/*.py file")
     p.add_argument("--topology", required=True, help="a TPU slice: v5p-N, v5e-N (v5litepod-N) or v6e-N")
     p.add_argument("--workdir", default=None, help="where the compiled HLO goes (default runs/compile/CONFIG-TOPOLOGY)")

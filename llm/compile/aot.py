@@ -2,8 +2,11 @@
 
 The run is assembled exactly as `llm.train.setup.build_setup` assembles it (same mesh, rules,
 model, optimizer, loss, `make_train_step` and jit shardings), but from abstract arrays: nothing
-is allocated, so an 8B model "fits" on a laptop. Lowered against compile-only TPU devices from
-libtpu's topology description, XLA's TPU compiler reports the per-device memory the step needs.
+is allocated, so an 8B model "fits" on a laptop. A fine-tuning run is assembled as
+`build_partitioned_setup` does: the same `Partition` (adapters, quantized or frozen base, task
+head and loss) applied to the abstract base, so the frozen part is a separate, non-donated
+argument with no optimizer state. Lowered against compile-only TPU devices from libtpu's
+topology description, XLA's TPU compiler reports the per-device memory the step needs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from llm.parallel.rules import AxisRules
 from llm.parallel.topology import TpuTopology
 from llm.train.loss import lm_loss_fn
 from llm.train.optimizer import build_optimizer
+from llm.train.partition import Partition
 from llm.train.setup import check_batch, jit_train_step, opt_state_shardings
 from llm.train.step import TrainState
 
@@ -49,24 +53,31 @@ class AbstractSetup:
     mesh: Mesh
     rules: AxisRules
     spec: ModelSpec
-    state: TrainState
+    state: TrainState  # params: the trainable ones (all of them without a partition)
     batch: dict[str, jax.ShapeDtypeStruct]
     train_step: Callable  # jitted like build_setup's: (state, batch, frozen) -> (state, metrics)
+    frozen: Any = dataclasses.field(default_factory=dict)  # the partition's frozen part ({} without one)
 
 
 def _with_shardings(tree: Any, shardings: Any) -> Any:
     return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
 
 
-def abstract_setup(config: ml_collections.ConfigDict, devices: list) -> AbstractSetup:
-    """Mirror of build_setup with abstract state and batch (see the module docstring)."""
+def abstract_setup(config: ml_collections.ConfigDict, devices: list, partition: Partition | None = None) -> AbstractSetup:
+    """Mirror of build_setup (build_partitioned_setup with a partition) with abstract state,
+    frozen part and batch (see the module docstring)."""
     mesh = build_mesh(config.mesh, devices)
     rules = AxisRules.from_config(config.mesh.rules, mesh)
     check_batch(config, mesh, rules)
     spec = model_spec(config, vocab_shards=rules.shards("vocab"), platform=mesh.devices.flat[0].platform)
     graphdef, abstract = abstract_model(spec, rules, config.train.seed)
-    p_shardings = param_shardings(abstract, spec, rules)
-    params = _with_shardings(abstract.to_pure_dict(), p_shardings)
+    params = _with_shardings(abstract.to_pure_dict(), param_shardings(abstract, spec, rules))
+    frozen: Any = {}
+    loss_fn = lm_loss_fn(graphdef, config.train.z_loss)
+    if partition is not None:
+        graphdef, params, frozen = partition.apply(graphdef, params)
+        loss_fn = partition.loss_fn(graphdef)
+    p_shardings = jax.tree_util.tree_map(lambda x: x.sharding, params)
     optimizer, schedule = build_optimizer(config.optim, config.train.steps, config.precision.optimizer_state)
     replicated = NamedSharding(mesh, PartitionSpec())
     o_shardings = opt_state_shardings(optimizer, params, p_shardings, replicated)
@@ -76,8 +87,8 @@ def abstract_setup(config: ml_collections.ConfigDict, devices: list) -> Abstract
     batch_sharding = rules.sharding(("batch", "length"))
     shape = (config.data.batch_size, config.data.seq_len)
     batch = {k: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sharding) for k, dt in BATCH_FIELDS.items()}
-    train_step = jit_train_step(config, lm_loss_fn(graphdef, config.train.z_loss), optimizer, schedule, state_shardings, batch_sharding)
-    return AbstractSetup(mesh, rules, spec, state, batch, train_step)
+    train_step = jit_train_step(config, loss_fn, optimizer, schedule, state_shardings, batch_sharding)
+    return AbstractSetup(mesh, rules, spec, state, batch, train_step, frozen)
 
 
 def per_device_bytes(tree: Any) -> int:
@@ -93,7 +104,7 @@ def per_device_bytes(tree: Any) -> int:
 class StepCompilation:
     """What the TPU compiler said about one configuration (bytes are per device)."""
 
-    params_bytes: int
+    params_bytes: int  # the trained parameters (every parameter without a fine-tuning partition)
     opt_state_bytes: int
     batch_bytes: int
     temp_bytes: int | None  # activations, gradients, collective buffers, workspace
@@ -103,6 +114,7 @@ class StepCompilation:
     hlo_text: str  # the optimized HLO when it compiled, else the pre-optimization StableHLO
     out_of_memory: bool  # the compiler refused: some memory (HBM, or on-chip VMEM) ran out
     error: str = ""  # the compiler's reason when it refused
+    frozen_bytes: int = 0  # a fine-tuning partition's frozen part (params_bytes: the trainable part)
 
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -121,7 +133,8 @@ def compile_step(setup: AbstractSetup) -> StepCompilation:
     params_bytes = per_device_bytes(setup.state.params)
     opt_bytes = per_device_bytes(setup.state.opt_state)
     batch_bytes = per_device_bytes(setup.batch)
-    lowered = setup.train_step.lower(setup.state, setup.batch, {})
+    frozen_bytes = per_device_bytes(setup.frozen)
+    lowered = setup.train_step.lower(setup.state, setup.batch, setup.frozen)
     try:
         compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as err:
@@ -129,12 +142,12 @@ def compile_step(setup: AbstractSetup) -> StepCompilation:
         if "RESOURCE_EXHAUSTED" not in message:
             raise
         temp = parse_oom_bytes(message)
-        total = None if temp is None else params_bytes + opt_bytes + batch_bytes + temp
+        total = None if temp is None else frozen_bytes + params_bytes + opt_bytes + batch_bytes + temp
         # "E1001: CompileTimeScopedVmemOom:" names the error, the next line says what ran out.
         lines = [line.strip() for line in message.splitlines() if line.strip()]
         reason = " ".join(lines[:1] if temp is not None else lines[:2])[:300]
         return StepCompilation(
-            params_bytes, opt_bytes, batch_bytes, temp, total, None, None, lowered.as_text(), True, reason
+            params_bytes, opt_bytes, batch_bytes, temp, total, None, None, lowered.as_text(), True, reason, frozen_bytes
         )
     mem = compiled.memory_analysis()
     total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
@@ -143,7 +156,8 @@ def compile_step(setup: AbstractSetup) -> StepCompilation:
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost["flops"]) if cost and "flops" in cost else None
     return StepCompilation(
-        params_bytes, opt_bytes, batch_bytes, mem.temp_size_in_bytes, total, peak, flops, compiled.as_text(), False
+        params_bytes, opt_bytes, batch_bytes, mem.temp_size_in_bytes, total, peak, flops, compiled.as_text(), False,
+        frozen_bytes=frozen_bytes,
     )
 
 

@@ -1,5 +1,8 @@
 """Does a config fit a TPU slice? Compile it, and if not, compile nearby configs that might.
 
+A fine-tuning config (LoRA / QLoRA, peft.freeze, classification) compiles the step `llm sft`
+or `llm classify` runs: the frozen base is an argument of its own, without optimizer state.
+
 Candidates change one thing a user would change: a stronger remat policy, gradient
 accumulation (same global batch, smaller micro-batches), fully sharded parameters, or tensor
 parallelism; then remat and accumulation together. Each is compiled for real, so "fits" is
@@ -16,17 +19,29 @@ from typing import Callable, Iterable
 
 import ml_collections
 
-from llm.compile.aot import StepCompilation, abstract_setup, compile_step
+from llm.compile.aot import AbstractSetup, StepCompilation, abstract_setup, compile_step
 from llm.config.loading import apply_overrides
 from llm.config.validate import validate_config
 from llm.errors import UserError
 from llm.model.spec import model_spec, param_count
 from llm.parallel.mesh import resolve_mesh_shape
 from llm.parallel.topology import TpuTopology
-from llm.train.flops import flops_per_token
+from llm.train.flops import flops_per_token, partitioned_flops_per_token
 
 GIB = 2**30
 _REMAT_STRENGTH = {"none": 0, "save_matmul": 1, "full": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneSplit:
+    """What a fine-tuning step trains: its method, the parameters on each side of the
+    partition (a quantized tensor counts the values it stands for) and its model FLOPs."""
+
+    method: str  # llm.finetune.cost.method_name: "lora r16", "qnf4-lora r8", "frozen 2 pattern(s)", "full"
+    task: str
+    trainable_params: int
+    frozen_params: int
+    flops_per_token: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +52,7 @@ class Evaluation:
     mesh: dict[str, int]
     compilation: StepCompilation
     hbm_bytes: int
+    finetune: FinetuneSplit | None = None  # None: the plain train step, every parameter trained
 
     @property
     def fits(self) -> bool:
@@ -62,14 +78,28 @@ class CompileReport:
         return self.base.fits
 
 
+def finetune_split(config: ml_collections.ConfigDict, setup: AbstractSetup) -> FinetuneSplit:
+    from llm.finetune.cost import count, method_name
+
+    task = config.finetune.task
+    flops = partitioned_flops_per_token(setup.spec, config.data.seq_len, setup.state.params, setup.frozen,
+                                        lm_head=task != "classification")
+    return FinetuneSplit(method_name(config), task, count(setup.state.params), count(setup.frozen), flops)
+
+
 def evaluate(config: ml_collections.ConfigDict, devices: list, hbm_bytes: int, overrides: tuple[str, ...] = ()) -> Evaluation:
-    """Compile `config` with `overrides` applied for the given devices."""
+    """Compile `config` with `overrides` applied for the given devices: its fine-tuning step
+    (llm.finetune.tasks) when it has a trainable/frozen partition, else the train step."""
+    from llm.finetune.tasks import is_partitioned, partition_for_config
+
     if overrides:
         config = copy.deepcopy(config)
         apply_overrides(config, overrides)
         validate_config(config)
-    setup = abstract_setup(config, devices)
-    return Evaluation(overrides, dict(setup.mesh.shape), compile_step(setup), hbm_bytes)
+    partition = partition_for_config(config) if is_partitioned(config) else None
+    setup = abstract_setup(config, devices, partition)
+    split = finetune_split(config, setup) if partition is not None else None
+    return Evaluation(overrides, dict(setup.mesh.shape), compile_step(setup), hbm_bytes, split)
 
 
 def _fits_mesh(config: ml_collections.ConfigDict, n_devices: int, overrides: list[str]) -> bool:
@@ -157,13 +187,14 @@ def build_report(
         paths.append(str(path))
     spec = model_spec(config, platform="tpu")
     tokens = config.data.batch_size * config.data.seq_len
+    per_token = base.finetune.flops_per_token if base.finetune else flops_per_token(spec, config.data.seq_len)
     return CompileReport(
         config_path=config_path,
         topology=topology,
         device_kind=devices[0].device_kind,
         n_params=param_count(spec),
         tokens_per_step=tokens,
-        step_flops=flops_per_token(spec, config.data.seq_len) * tokens,
+        step_flops=per_token * tokens,
         has_loops=bool(config.model.scan_layers or config.train.grad_accum > 1),
         base=base,
         candidates=tuple(candidates),
@@ -181,7 +212,9 @@ def _gib(n: float | None) -> str:
 
 
 def _count(n: float) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,.0f}"
 
 
 def _short_reason(error: str) -> str:
@@ -202,11 +235,24 @@ def format_report(report: CompileReport) -> str:
     verdict = "fits" if base.fits else "does NOT fit"
     if c.out_of_memory:
         verdict += " (the compiler ran out of memory; temporaries are its figure)"
+    split = base.finetune
     lines = [
         f"{report.config_path} on {t.name}: {t.chips} chips ({report.device_kind}, topology {t.topology}), mesh {mesh}",
         f"  model {_count(report.n_params)} parameters, {report.tokens_per_step:,} tokens per step",
+    ]
+    if split is not None:
+        total_params = split.trainable_params + split.frozen_params
+        lines.append(
+            f"  fine-tuning ({split.task}, {split.method}): {_count(split.trainable_params)} trainable "
+            f"({100 * split.trainable_params / max(total_params, 1):.2f}%), {_count(split.frozen_params)} frozen "
+            "(no gradient, no optimizer state)"
+        )
+        params = [f"    frozen params    {_gib(c.frozen_bytes)}", f"    trainable params {_gib(c.params_bytes)}"]
+    else:
+        params = [f"    parameters       {_gib(c.params_bytes)}"]
+    lines += [
         f"  per-device memory (HBM {t.hbm_bytes / GIB:.2f} GiB per chip):",
-        f"    parameters       {_gib(c.params_bytes)}",
+        *params,
         f"    optimizer state  {_gib(c.opt_state_bytes)}",
         f"    batch            {_gib(c.batch_bytes)}",
         f"    temporaries      {_gib(c.temp_bytes)}  (activations, gradients, collective buffers)",
@@ -217,9 +263,10 @@ def format_report(report: CompileReport) -> str:
     if c.error and c.temp_bytes is None:
         lines.append(f"  compiler: {c.error}")
     seconds = report.step_flops / (t.chips * t.peak_flops)
+    frozen_note = "; frozen weights get no weight gradient" if split is not None else ""
     lines.append(
         f"  step FLOPs {report.step_flops:.3e} (model FLOPs, {_count(report.step_flops / report.tokens_per_step)} "
-        f"per token); at 50% MFU a step takes {2 * seconds:.3g} s on {t.chips} chips"
+        f"per token{frozen_note}); at 50% MFU a step takes {2 * seconds:.3g} s on {t.chips} chips"
     )
     if c.hlo_flops_per_device is not None and not report.has_loops:
         lines.append(f"  XLA's count: {c.hlo_flops_per_device * t.chips:.3e} FLOPs (with the optimizer and remat)")
@@ -250,6 +297,7 @@ def _evaluation_json(ev: Evaluation) -> dict:
         "fits": ev.fits,
         "per_device_bytes": c.total_bytes,
         "params_bytes": c.params_bytes,
+        "frozen_bytes": c.frozen_bytes,
         "opt_state_bytes": c.opt_state_bytes,
         "batch_bytes": c.batch_bytes,
         "temp_bytes": c.temp_bytes,
@@ -275,6 +323,7 @@ def report_json(report: CompileReport) -> dict:
         "step_flops": report.step_flops,
         "tokens_per_step": report.tokens_per_step,
         "n_params": report.n_params,
+        "finetune": dataclasses.asdict(report.base.finetune) if report.base.finetune else None,
         "memory": base,
         "candidates": [_evaluation_json(ev) for ev in report.candidates],
         "hlo_paths": list(report.hlo_paths),

@@ -29,6 +29,7 @@ from llm.data.pipeline import build_tokenizer
 from llm.data.split import is_validation
 from llm.errors import ConfigError, UserError
 from llm.finetune.recipe import Runtime, Task, run_finetune
+from llm.peft.abstract import call, is_abstract
 from llm.peft.lora import abstract_module, merge_trees
 from llm.peft.split import combine
 
@@ -204,7 +205,8 @@ def head_logits(graphdef, backbone: Any, head: dict, batch: dict) -> tuple[jax.A
 
 
 def init_head(n_labels: int):
-    """The head, N(0, init_std) kernel and zero bias, replicated on the model's mesh."""
+    """The head, N(0, init_std) kernel and zero bias, replicated on the model's mesh (only
+    described when the params are abstract: `llm compile`)."""
 
     def make(graphdef, params, seed: int) -> dict:
         module = abstract_module(graphdef, params)
@@ -216,7 +218,7 @@ def init_head(n_labels: int):
             key = jax.random.fold_in(jax.random.key(seed), 7_777)
             return {"kernel": std * jax.random.normal(key, (d, n_labels), jnp.float32), "bias": jnp.zeros((n_labels,), jnp.float32)}
 
-        return {HEAD: jax.jit(create, out_shardings=sharding)()}
+        return {HEAD: call(jax.jit(create, out_shardings=sharding), abstract=is_abstract(params))}
 
     return make
 

@@ -22,6 +22,7 @@ from flax import nnx
 
 from llm.errors import UserError
 from llm.model.layers import Dense
+from llm.peft.abstract import is_abstract
 from llm.peft.spec import PeftSpec, get_path, path_str, set_path
 
 ADAPTER_KEYS = ("lora_a", "lora_b")
@@ -144,13 +145,20 @@ def place(array: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-def init_adapters(targets: tuple[LoraTarget, ...], seed: int, dtype, shardings: dict | None = None) -> dict:
+def init_adapters(targets: tuple[LoraTarget, ...], seed: int, dtype, shardings: dict | None = None,
+                  abstract: bool = False) -> dict:
     """{path: {lora_a, lora_b}} with A uniform in +-1/sqrt(fan_in) and B = 0, placed on the mesh.
 
     Drawn on the host with numpy (adapters are small): the same values on every platform and
-    process, and no random-number kernels to compile."""
+    process, and no random-number kernels to compile. `abstract`: ShapeDtypeStructs with the
+    shardings instead (llm.peft.abstract: `llm compile` builds the partition without data)."""
     out: dict = {}
     for i, t in enumerate(targets):
+        if abstract:
+            for key, shape in (("lora_a", (*t.lead, *t.in_shape, t.rank)), ("lora_b", (*t.lead, t.rank, *t.out_shape))):
+                sharding = get_path(shardings, (*t.path, key)) if shardings is not None else None
+                set_path(out, (*t.path, key), jax.ShapeDtypeStruct(shape, dtype, sharding=sharding))
+            continue
         bound = 1.0 / math.sqrt(math.prod(t.in_shape))
         a = np.random.default_rng([seed, i]).uniform(-bound, bound, (*t.lead, *t.in_shape, t.rank)).astype(dtype)
         b = np.zeros((*t.lead, t.rank, *t.out_shape), dtype)
@@ -180,7 +188,7 @@ def add_lora(graphdef: nnx.GraphDef, params: Any, spec: PeftSpec, seed: int,
     shardings = adapter_shardings(module, targets) if module.rules.mesh is not None else None
     _wire(module, targets, spec.lora_dropout, dtype)
     new_graphdef, _ = nnx.split(module)
-    adapters = init_adapters(targets, seed, dtype, shardings)
+    adapters = init_adapters(targets, seed, dtype, shardings, abstract=is_abstract(params))
     return new_graphdef, merge_trees(params, adapters), LoraInfo(targets, spec.lora_dropout)
 
 

@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from llm.errors import UserError
 from llm.model.layers import Dense
+from llm.peft.abstract import call, is_abstract
 from llm.peft.lora import abstract_module, add_lora, merge_trees, unmerge
 from llm.peft.quant import QTensor, can_quantize, quantize
 from llm.peft.spec import PeftSpec, path_str, set_path
@@ -70,7 +71,8 @@ def _quant_shardings(leaf: jax.Array, lead: int, n_in: int, fmt: str, block: int
 def quantize_base(base: dict, module: nnx.Module, fmt: str, block: int) -> dict:
     """Every frozen matrix (kernels, embeddings, LM head) as a QTensor; vectors (norms, biases)
     and matrices whose input size is not a multiple of `block` stay as they are. One jitted
-    program quantizes them all, each output placed like its kernel (see _quant_shardings)."""
+    program quantizes them all, each output placed like its kernel (see _quant_shardings); an
+    abstract base (llm.peft.abstract) gets the QTensors' shapes and shardings only."""
     n_ins = _input_dims(module)
     scanned = bool(module.spec.scan_layers)
     plan: dict[str, tuple[int, int]] = {}  # path -> (lead, n_in) of the leaves to quantize
@@ -92,9 +94,10 @@ def quantize_base(base: dict, module: nnx.Module, fmt: str, block: int) -> dict:
     shardings = {name: _quant_shardings(leaf, *plan[name], fmt, block) for name, leaf in picked.items()}
     if any(s is None for s in shardings.values()):
         shardings = None
-    quantized = jax.jit(
+    quantize_all = jax.jit(
         lambda tree: {name: quantize(x, fmt, block, *plan[name]) for name, x in tree.items()}, out_shardings=shardings,
-    )(picked)
+    )
+    quantized = call(quantize_all, picked, abstract=is_abstract(picked))
     out: dict = {}
     for path, leaf in leaves:
         keys = _keys(path)

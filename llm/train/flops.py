@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,62 @@ def flops_per_token(spec: ModelSpec, seq_len: int) -> float:
         + 6 * spec.d_model * spec.vocab_size
         + 12 * spec.n_layers * spec.d_model * seq_len
     )
+
+
+def _has_shape(x: Any) -> bool:
+    """Arrays, ShapeDtypeStructs and quantized tensors (counted by their logical shape)."""
+    return hasattr(x, "shape") and not isinstance(x, dict)
+
+
+def _key(k: Any) -> Any:
+    return getattr(k, "key", getattr(k, "idx", k))
+
+
+def partitioned_flops_per_token(spec: ModelSpec, seq_len: int, trainable: Any, frozen: Any, lm_head: bool = True) -> float:
+    """Training FLOPs per token when only `trainable` is trained (LoRA, frozen layers), by the
+    terms of flops_per_token: the forward pass costs 2 per parameter, input gradients 2 per
+    parameter only from the lowest layer that holds a trainable leaf upward (nothing below needs
+    them), weight gradients 2 per trainable parameter (adapters included, frozen ones none);
+    attention 4 d T forward and 8 d T backward per layer that gradients reach. A layer with a
+    trainable leaf counts whole, whatever the order inside it. With everything trainable this
+    equals flops_per_token. `lm_head=False`: a task that never computes the LM logits
+    (classification; its head acts once per sequence and is left out).
+    """
+    n, d = spec.n_layers, spec.d_model
+    head = n + 1  # groups: 0..n-1 layers, n the final norm, n + 1 the LM head
+    forward, weight_grads = [0.0] * (n + 2), [0.0] * (n + 2)
+    lowest = n + 2  # the lowest group with a trainable leaf (-1: the embeddings)
+    if lm_head:
+        forward[head] = 2.0 * d * spec.vocab_size
+    for is_trained, tree in ((True, trainable), (False, frozen)):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree, is_leaf=_has_shape):
+            keys = [_key(k) for k in path]
+            size = float(math.prod(leaf.shape))
+            if keys[0] in ("embed", "pos_embed", "head"):
+                tied_head = keys[0] == "embed" and spec.tie_embeddings
+                if is_trained:
+                    lowest = min(lowest, head if keys[0] == "head" else -1)
+                    if lm_head and (keys[0] == "head" or tied_head):
+                        weight_grads[head] = forward[head]
+                continue
+            if keys[0] == "blocks":  # blocks/i/... or, scanned, blocks/... with a leading layer axis
+                per_layer = {keys[1]: size} if isinstance(keys[1], int) else {i: size / n for i in range(n)}
+            elif keys[0] == "final_norm":
+                per_layer = {n: size}
+            else:
+                continue  # a task head that acts once per sequence
+            for group, count in per_layer.items():
+                forward[group] += 2 * count
+                if is_trained:
+                    weight_grads[group] += 2 * count
+                    lowest = min(lowest, group)
+    total = sum(forward) + sum(weight_grads)
+    for group in range(n + 2):
+        if group >= lowest and (group != head or lowest < head):
+            total += forward[group]  # input gradients cost what the forward pass costs
+        if group < n:
+            total += 4 * d * seq_len * (3 if group >= lowest else 1)
+    return total
 
 
 def measure_matmul_peak(dtype=jnp.float32, size: int = 2048, repeats: int = 5) -> float:

@@ -1,0 +1,53 @@
+"""The fine-tuning step a config trains, from the config alone: its task (loss and head) and
+the trainable/frozen partition `llm sft` / `llm classify` build for it.
+
+`llm compile` uses this to compile the real fine-tuning step of a config without reading its
+data: classification needs its number of labels, which `finetune.num_labels` or the built-in
+corpus's manifest gives (reading and tokenizing the records is left to `llm classify`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from llm.errors import UserError
+from llm.finetune.classify import HEAD, classification_loss, init_head, label_names
+from llm.finetune.recipe import Task, build_partition, lora_info
+from llm.finetune.sft import lm_task
+from llm.peft.spec import peft_spec
+from llm.train.partition import Partition
+
+
+def is_partitioned(config: ml_collections.ConfigDict) -> bool:
+    """Whether the step differs from plain training: LoRA / QLoRA adapters over a frozen base,
+    frozen parameters (peft.freeze), or a classification head and loss. (Full SFT trains every
+    parameter with the same next-token loss as `llm train`.)"""
+    p = config.peft
+    return p.lora_rank > 0 or bool(p.freeze) or config.finetune.task == "classification"
+
+
+def classification_labels(config: ml_collections.ConfigDict) -> int:
+    """finetune.num_labels, else the labels of the manifest data.path points at."""
+    if config.finetune.num_labels:
+        return int(config.finetune.num_labels)
+    names = label_names(config)
+    if names:
+        return len(names)
+    raise UserError(
+        "finetune.task=classification: the number of labels comes from the data; set finetune.num_labels "
+        "(or point data.path at an `llm data builtin` manifest.json)"
+    )
+
+
+def task_for_config(config: ml_collections.ConfigDict) -> Task:
+    """The task's loss and head as `llm sft` / `llm classify` build them (no data batches)."""
+    if config.finetune.task == "classification":
+        n_labels = classification_labels(config)
+        return Task(name="classification", loss_fn=classification_loss(n_labels), head=init_head(n_labels), head_key=HEAD)
+    return lm_task(config.train.z_loss)
+
+
+def partition_for_config(config: ml_collections.ConfigDict) -> Partition:
+    """The partition `llm.finetune.recipe.run_finetune` trains with for this config."""
+    spec = peft_spec(config)
+    return build_partition(config, spec, lora_info(config, spec), task_for_config(config))
