@@ -19,7 +19,7 @@ def test_compare_table_shows_runs_side_by_side_with_ratios(tmp_path):
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table[2:]}
     assert rows["trainable params"] == ["1.000M", "20000 (0.02x)"]
     assert rows["trainable %"] == ["100.00%", "2.00%"]
-    assert rows["step FLOPs"] == ["8.0 G", "5.6 G (0.70x)"]
+    assert rows["step FLOPs (XLA)"] == ["8.0 G", "5.6 G (0.70x)"]
     assert rows["peak memory"] == ["200 MiB", "100 MiB (0.50x)"]
     assert rows["tokens/s"] == ["1000", "1500 (1.50x)"]
     assert rows["eval loss"] == ["2.0000", "2.1000"]

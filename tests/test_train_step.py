@@ -7,6 +7,11 @@ import numpy as np
 import pytest
 
 from helpers import random_batch, tiny_config
+from llm.model.build import init_params
+from llm.model.spec import model_spec
+from llm.parallel.mesh import build_mesh
+from llm.parallel.rules import AxisRules
+from llm.train.loss import lm_loss_fn
 from llm.train.optimizer import learning_rate_schedule, weight_decay_mask
 from llm.train.setup import build_setup
 
@@ -104,3 +109,40 @@ def test_z_loss_adds_the_squared_log_partition():
     lse = jax.nn.logsumexp(logits, axis=-1)
     np.testing.assert_allclose(total1 - total0, 1e-2 * (lse**2).sum(), rtol=1e-5)
     assert float(nll0) == float(nll1) and float(count) == 10
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_chunked_loss_changes_memory_not_results(tied):
+    """model.loss_chunk only reorders the work: the same loss and gradients (z-loss, a loss mask
+    and a vocabulary padded past the tokenizer's included), with the head tied or not."""
+    batch = {k: jnp.asarray(v) for k, v in random_batch(250, 4, 64, packed=True).items()}
+    batch["loss_mask"] = batch["loss_mask"].at[:, 50:].set(0.0)
+    results = []
+    for chunk in (0, 16):
+        config = tiny_config("data.seq_len=64", "model.vocab_size=250", f"model.tie_embeddings={tied}", f"model.loss_chunk={chunk}")
+        spec = model_spec(config, platform="cpu")
+        rules = AxisRules.from_config(config.mesh.rules, build_mesh(config.mesh, jax.devices()[:1]))
+        graphdef, params, _ = init_params(spec, rules, seed=0)
+        loss_fn = lm_loss_fn(graphdef, z_loss=1e-3)
+        (total, aux), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, {}, batch, None)
+        results.append((total, aux, grads))
+    (total, aux, grads), (lean_total, lean_aux, lean_grads) = results
+    np.testing.assert_allclose(lean_total, total, rtol=1e-6)
+    np.testing.assert_allclose(lean_aux["nll_sum"], aux["nll_sum"], rtol=1e-6)
+    assert float(lean_aux["tokens"]) == float(aux["tokens"])
+    for a, b in zip(jax.tree_util.tree_leaves(lean_grads), jax.tree_util.tree_leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(jnp.abs(b).max()))
+
+
+def test_chunked_loss_holds_less_memory():
+    """The compiled step's temporaries shrink where the logits dominate."""
+    base = ("data.seq_len=256", "data.batch_size=4", "model.vocab_size=4096")
+
+    def temp_bytes(*extra):
+        setup, state = build_setup(tiny_config(*base, *extra), devices=jax.devices()[:1])
+        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        batch = setup.shard_batch(random_batch(4096, 4, 256, packed=True))
+        return setup.train_step.lower(abstract, batch, {}).compile().memory_analysis().temp_size_in_bytes
+
+    logits_bytes = 4 * 256 * 4096 * 4  # one f32 (batch, length, vocab) tensor
+    assert temp_bytes() - temp_bytes("model.loss_chunk=64") > 0.5 * logits_bytes

@@ -27,9 +27,14 @@ class CheckpointMismatch(UserError):
     """The checkpoint belongs to a different model or tokenizer."""
 
 
+# Model keys that choose how the step is computed, not what the weights are: a checkpoint
+# restores under any of their values.
+LAYOUT_KEYS = ("scan_layers", "remat", "attention_impl", "loss_chunk")
+
+
 def model_mismatch(saved: dict, current: dict) -> list[str]:
     """Differences in the model section that make saved weights unusable here."""
-    ignore = {"scan_layers", "remat", "attention_impl"}  # layout/compute choices, not shapes
+    ignore = set(LAYOUT_KEYS)
     diffs = []
     for key in sorted(set(saved) | set(current)):
         if key in ignore:

@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.init_std = 0.02
     m.scan_layers = False
     m.remat = "none"  # none | full | save_matmul
+    m.loss_chunk = 0  # positions per logits + cross-entropy chunk (0 = whole sequence at once)
     m.attention_impl = "xla"  # xla | cudnn
 
     c.precision = ml_collections.ConfigDict()

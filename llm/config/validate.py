@@ -49,6 +49,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"data.seq_len={config.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}; "
             "lower data.seq_len or raise model.max_seq_len"
         )
+    if m.loss_chunk < 0 or (m.loss_chunk and config.data.seq_len % m.loss_chunk):
+        raise ConfigError(
+            f"model.loss_chunk={m.loss_chunk} must be 0 (off) or divide data.seq_len={config.data.seq_len}; "
+            "pick a divisor such as 128"
+        )
     if m.family == "gpt2" and m.n_kv_heads != m.n_heads:
         raise ConfigError(f"gpt2 uses full multi-head attention; set model.n_kv_heads={m.n_heads}")
     t = config.train

@@ -2,7 +2,9 @@
 
 FLOPs and memory come from XLA's analysis of the compiled train step, on the run's own mesh,
 shapes and shardings: what the step really executes (frozen weight-gradient matmuls that
-were removed do not count), per device. Tokens/s is measured by the training loop.
+were removed do not count), per device. Beside it, model_step_flops is the DESIGN.md formula
+with frozen weights' gradients left out (llm.train.flops), which stays right where XLA counts
+a scanned loop body once. Tokens/s is measured by the training loop.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 
 from llm.errors import UserError
 from llm.peft.quant import QTensor, quantized_bytes
+from llm.train.flops import partitioned_flops_per_token
 
 COST_FILE = "cost.json"
 BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "segment_ids": jnp.int32, "positions": jnp.int32, "loss_mask": jnp.float32}
@@ -87,8 +90,15 @@ def cost_report(setup, state, frozen, summary: dict, method: str) -> dict:
         "scan_layers": bool(setup.spec.scan_layers),
     }
     report.update(step_analysis(setup, state, frozen))
+    c = setup.config
+    per_token = partitioned_flops_per_token(setup.spec, c.data.seq_len, state.params, frozen,
+                                            lm_head=c.finetune.task != "classification")
+    report["model_step_flops"] = per_token * c.data.batch_size * c.data.seq_len / jax.device_count()
     if setup.spec.scan_layers:
-        report["note"] = "scanned layers: XLA counts the loop body once, so step_flops covers one layer of the stack"
+        report["note"] = (
+            "scanned layers: XLA counts the loop body once, so step_flops covers one layer of the stack; "
+            "model_step_flops (the DESIGN.md formula without frozen weight gradients) counts them all"
+        )
     return report
 
 
@@ -136,7 +146,8 @@ ROWS = (
     ("trainable %", "trainable_fraction", "pct", False),
     ("total params", "total_params", "int", False),
     ("frozen bytes", "frozen_bytes", "bytes", True),
-    ("step FLOPs", "step_flops", "flops", True),
+    ("step FLOPs (XLA)", "step_flops", "flops", True),
+    ("step FLOPs (model)", "model_step_flops", "flops", True),
     ("peak memory", "peak_memory_bytes", "bytes", True),
     ("step time", "step_time", "s", True),
     ("tokens/s", "tokens_per_s", "rate", True),

@@ -15,14 +15,12 @@ from typing import Iterable
 
 import ml_collections
 
-from llm.checkpoint.manager import model_mismatch
+from llm.checkpoint.manager import LAYOUT_KEYS, model_mismatch
 from llm.checkpoint.params_io import config_from_json
 from llm.data.builtin import manifest_path_for
 from llm.errors import UserError
 
 log = logging.getLogger("llm")
-
-LAYOUT_KEYS = ("scan_layers", "remat", "attention_impl")  # compute choices the fine-tuning config keeps
 
 
 def start_kind(path: Path) -> str:

@@ -37,6 +37,7 @@ class ModelSpec:
     attention_impl: str
     param_dtype: jnp.dtype
     compute_dtype: jnp.dtype
+    loss_chunk: int = 0  # positions per logits + loss chunk in training (0 = all at once)
 
     @property
     def is_gpt2(self) -> bool:
@@ -85,6 +86,7 @@ def model_spec(config: ml_collections.ConfigDict, vocab_shards: int = 1, platfor
         attention_impl=m.attention_impl,
         param_dtype=_DTYPES[config.precision.params],
         compute_dtype=resolve_compute_dtype(config.precision.compute, platform),
+        loss_chunk=int(m.loss_chunk),
     )
 
 
