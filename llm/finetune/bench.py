@@ -27,7 +27,7 @@ METHODS = {
     "full": [],
     "lora": ["peft.lora_rank=8", "peft.lora_targets=all_linear"],
     "qlora": ["peft.lora_rank=8", "peft.lora_targets=all_linear", "peft.quantize=nf4"],
-    "frozen": ["peft.freeze=^(embed|pos_embed)$,^blocks/0/"],
+    "frozen": ["peft.freeze=^(embed|pos_embed)$,^blocks/0/"],  # embeddings and the first layer
 }
 
 
@@ -38,6 +38,8 @@ def bench_config(config: ml_collections.ConfigDict, method: str, steps: int) -> 
         "train.eval_every=0", "train.measure_peak=false", "finetune.task=sft", "finetune.export_merged=false",
         "checkpoint.async_save=false", *METHODS[method],
     ]
+    if method == "frozen" and config.model.scan_layers:  # one stacked tensor per weight: no "first layer" to name
+        overrides[-1] = "peft.freeze=^(embed|pos_embed)$"
     out = apply_overrides(copy.deepcopy(config), overrides)
     validate_config(out)
     return out
