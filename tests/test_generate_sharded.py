@@ -76,7 +76,7 @@ SCRIPT = textwrap.dedent(
             sharded.params, tokens, lens, new, stops, jax.random.PRNGKey(0), np.float32(1), np.float32(1),
             mode=SamplingOptions().mode(), new_tokens=n, return_logprobs=False,
         )
-        k_cache = state.cache["k"] if scan else state.cache["k"][0]
+        k_cache = state.cache["k"][0] if scan else state.cache["k"][0][0]  # block 0 (the prompt), layer 0
         results[name] = {
             "cache_spec": [list(a) if isinstance(a, tuple) else a for a in k_cache.sharding.spec],
             "same_tokens": [x.tokens for x in a] == [x.tokens for x in b],

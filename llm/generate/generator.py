@@ -18,6 +18,7 @@ from flax import nnx
 
 from llm.errors import UserError
 from llm.generate.engine import DecodeState, Engine
+from llm.generate.layout import block_head
 from llm.generate.sampling import SamplingMode, SamplingOptions
 
 ChunkCallback = Callable[[list[list[int]]], None]
@@ -84,11 +85,14 @@ class Generator:
     ):
         """cast_to_compute: keep a copy of the weights in the compute dtype (bf16 on
         accelerators), so each decode step reads half the bytes of f32 weights; a no-op when the
-        dtypes already agree (f32 on CPU)."""
+        dtypes already agree (f32 on CPU). On CPU the LM head is also kept in column blocks,
+        which XLA's CPU dots run faster at decode shapes (llm.generate.layout)."""
         model = nnx.merge(graphdef, params)
         self.spec = model.spec
         self.rules = model.rules
         self.params = cast_params(params, self.spec.compute_dtype) if cast_to_compute else params
+        if jax.default_backend() == "cpu":
+            self.params = block_head(self.params)
         self.pad_id = int(pad_id)
         self.min_bucket = min_bucket
         self.engine = Engine(graphdef, self.pad_id)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm.model.layers import Dense
-from llm.model.rope import apply_rope, inverse_frequencies
+from llm.model.rope import apply_rope, inverse_frequencies, rotate
 from llm.model.spec import ModelSpec
 from llm.parallel.rules import AxisRules
 
@@ -36,24 +36,96 @@ def attend(q, k, v, mask, implementation: str) -> jax.Array:
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
-def cache_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, mask: jax.Array) -> jax.Array:
-    """Attention of q (B, T, H, hd) over a KV cache laid out (B, KV, S, hd), under a boolean
-    mask (B, 1, T, S). Returns (B, T, H, hd).
+Blocks = tuple  # a KV cache tensor split along its slots: (B, KV, n_j, hd) per block
+
+
+def block_starts(blocks: Blocks) -> list[int]:
+    """The first slot of each block (static)."""
+    starts, total = [], 0
+    for block in blocks:
+        starts.append(total)
+        total += block.shape[-2]
+    return starts
+
+
+def block_writes(blocks: Blocks, index: jax.Array, t: int) -> list[tuple[jax.Array, jax.Array] | None]:
+    """Where the t new slots index..index+t-1 (which lie inside one block) land: per block,
+    (offset inside the block, whether they land there), or None for a block shorter than t."""
+    out = []
+    for start, block in zip(block_starts(blocks), blocks):
+        n = block.shape[-2]
+        if n < t:
+            out.append(None)
+            continue
+        inside = (index >= start) & (index < start + n)
+        out.append((jnp.clip(index - start, 0, n - t), inside))
+    return out
+
+
+def write_blocks(blocks: Blocks, new: jax.Array, index: jax.Array) -> Blocks:
+    """Write new (B, KV, t, hd) at slots index.. of the blocked cache. Every block that could
+    hold them gets an in-place dynamic_update_slice of either the new values or its own
+    current ones, so no block is ever copied."""
+    t = new.shape[2]
+    if len(blocks) == 1:
+        return (jax.lax.dynamic_update_slice(blocks[0], new, (0, 0, index, 0)),)
+    out = []
+    for block, where in zip(blocks, block_writes(blocks, index, t)):
+        if where is not None:
+            offset, inside = where
+            old = jax.lax.dynamic_slice_in_dim(block, offset, t, axis=2)
+            block = jax.lax.dynamic_update_slice(block, jnp.where(inside, new, old), (0, 0, offset, 0))
+        out.append(block)
+    return tuple(out)
+
+
+def cache_attention(
+    q: jax.Array,
+    k_blocks: Blocks,
+    v_blocks: Blocks,
+    mask: jax.Array,
+    active: tuple[jax.Array | None, ...] | None = None,
+) -> jax.Array:
+    """Attention of q (B, T, H, hd) over a KV cache laid out (B, KV, S, hd) and split along S
+    into blocks, under a boolean mask (B, 1, T, S). Returns (B, T, H, hd).
 
     The cache keeps (batch, kv head) leading so both matmuls are batched dots with no transpose
     of the cache: `jax.nn.dot_product_attention` takes (B, S, KV, hd) and XLA would copy the whole
     cache into the other layout every decode step. Query head h reads kv head h // (H / KV), as
     in jax.nn.dot_product_attention and Hugging Face's repeat_kv. Scores and softmax are f32.
+
+    Decoding is bound by reading the cache, so it is split into blocks and `active[j]` (a traced
+    bool, None = always) says whether block j can hold a slot any query may see: an inactive
+    block (not reached yet) is not read at all (`lax.cond`); its scores are masked out anyway.
     """
     b, t, h, hd = q.shape
-    kv = k_cache.shape[1]
+    kv = k_blocks[0].shape[1]
     g = h // kv
+    active = active or (None,) * len(k_blocks)
     qg = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
-    scores = jnp.einsum("bkqd,bksd->bkqs", qg, k_cache, preferred_element_type=jnp.float32)
-    scores = scores.reshape(b, kv, g, t, -1) * (hd**-0.5)
+
+    def maybe(flag, fn, shape, dtype):
+        if flag is None:
+            return fn()
+        return jax.lax.cond(flag, fn, lambda: jnp.zeros(shape, dtype))
+
+    scores = [
+        maybe(
+            flag,
+            lambda k=k: jnp.einsum("bkqd,bksd->bkqs", qg, k, preferred_element_type=jnp.float32),
+            (b, kv, g * t, k.shape[2]),
+            jnp.float32,
+        )
+        for flag, k in zip(active, k_blocks)
+    ]
+    scores = (scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)).reshape(b, kv, g, t, -1) * (hd**-0.5)
     scores = jnp.where(mask[:, :, None], scores, -1e30)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype).reshape(b, kv, g * t, -1)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v_cache)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_blocks[0].dtype).reshape(b, kv, g * t, -1)
+    out = None
+    for flag, start, v in zip(active, block_starts(v_blocks), v_blocks):
+        p = probs if len(v_blocks) == 1 else probs[..., start : start + v.shape[2]]
+        part = maybe(flag, lambda p=p, v=v: jnp.einsum("bkqs,bksd->bkqd", p, v), (b, kv, g * t, hd), v.dtype)
+        out = part if out is None else out + part
     return out.reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd).astype(q.dtype)
 
 
@@ -74,12 +146,17 @@ class Attention(nnx.Module):
         self.rules = rules
         self.inv_freq = None if spec.is_gpt2 else tuple(inverse_frequencies(hd, spec.rope_theta, spec.rope_scaling))
 
-    def _project(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """q, k, v for x (batch, length, d_model), rotated by their positions."""
+    def _qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q, k, v for x (batch, length, d_model), not yet rotated."""
         cd = self.spec.compute_dtype
         q = self.rules.constrain(self.q(x, cd), ("batch", "length", "act_heads", None))
         k = self.rules.constrain(self.k(x, cd), ("batch", "length", "act_kv_heads", None))
         v = self.rules.constrain(self.v(x, cd), ("batch", "length", "act_kv_heads", None))
+        return q, k, v
+
+    def _project(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q, k, v for x (batch, length, d_model), rotated by their positions."""
+        q, k, v = self._qkv(x)
         if self.inv_freq is not None:
             inv = jnp.asarray(self.inv_freq, jnp.float32)
             q = apply_rope(q, positions, inv)
@@ -95,22 +172,29 @@ class Attention(nnx.Module):
     def cached(
         self,
         x: jax.Array,
-        positions: jax.Array,
+        rope: tuple[jax.Array, jax.Array] | None,
         mask: jax.Array,
-        k_cache: jax.Array,
-        v_cache: jax.Array,
+        k_cache: Blocks,
+        v_cache: Blocks,
         index: jax.Array,
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Attention for generation over a preallocated KV cache (B, KV, S, hd) per tensor.
+        active: tuple[jax.Array | None, ...] | None = None,
+    ) -> tuple[jax.Array, Blocks, Blocks]:
+        """Attention for generation over a preallocated KV cache, (B, KV, S, hd) per tensor split
+        into blocks along S (a tuple; see cache_attention).
 
-        x (B, T, d) holds the tokens of cache slots index .. index+T-1; their keys and values are
-        written there and the queries attend over the whole cache under `mask` (B, 1, T, S),
-        which the caller builds from slot validity and causality. Returns (out, k_cache, v_cache).
+        x (B, T, d) holds the tokens of cache slots index .. index+T-1 (inside one block); their
+        keys and values are written there and the queries attend over the cache under `mask`
+        (B, 1, T, S), which the caller builds from slot validity and causality. `rope` holds the
+        (cos, sin) tables of x's positions (llm.model.rope.rope_tables), None without RoPE.
+        Returns (out, k_cache, v_cache).
         """
-        q, k, v = self._project(x, positions)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), (0, 0, index, 0))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, index, 0))
+        q, k, v = self._qkv(x)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
+        k_cache = write_blocks(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache[0].dtype), index)
+        v_cache = write_blocks(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache[0].dtype), index)
         cd = self.spec.compute_dtype
-        out = cache_attention(q, k_cache.astype(cd), v_cache.astype(cd), mask)
+        cast = lambda blocks: tuple(c.astype(cd) for c in blocks)
+        out = cache_attention(q, cast(k_cache), cast(v_cache), mask, active)
         out = self.rules.constrain(out, ("batch", "length", "act_heads", None))
         return self.o(out, cd), k_cache, v_cache

@@ -52,15 +52,16 @@ class Block(nnx.Module):
     def cached(
         self,
         x: jax.Array,
-        positions: jax.Array,
+        rope: tuple[jax.Array, jax.Array] | None,
         mask: jax.Array,
-        k_cache: jax.Array,
-        v_cache: jax.Array,
+        k_cache: tuple,
+        v_cache: tuple,
         index: jax.Array,
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """The block for generation: attention reads and writes this layer's KV cache
+        active: tuple | None = None,
+    ) -> tuple[jax.Array, tuple, tuple]:
+        """The block for generation: attention reads and writes this layer's blocked KV cache
         (see Attention.cached). Returns (x, k_cache, v_cache)."""
-        h, k_cache, v_cache = self.attn.cached(self.attn_norm(x), positions, mask, k_cache, v_cache, index)
+        h, k_cache, v_cache = self.attn.cached(self.attn_norm(x), rope, mask, k_cache, v_cache, index, active)
         x = self.rules.constrain(x + h, ("batch", "length", "act_embed"))
         x = x + self.mlp(self.mlp_norm(x), self.rules)
         return self.rules.constrain(x, ("batch", "length", "act_embed")), k_cache, v_cache

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm.model.attention import attention_mask
+from llm.model.attention import attention_mask, block_starts, block_writes
 from llm.model.block import Block
-from llm.model.layers import make_norm, param
+from llm.model.layers import ColumnBlocks, make_norm, param
+from llm.model.rope import inverse_frequencies, rope_tables
 from llm.model.spec import ModelSpec
 from llm.parallel.rules import AxisRules
 
@@ -77,19 +80,38 @@ class Decoder(nnx.Module):
                 x = block_fn(graphdef, state, x, positions, mask)
         return self.final_norm(x)
 
-    def init_cache(self, batch: int, length: int, dtype=None) -> dict:
-        """An empty KV cache for `length` slots: {"k", "v"}, each a tuple of per-layer
-        (batch, kv_heads, length, head_dim) arrays, or one array with a leading layer axis when
-        the blocks are scanned. Sharded like the attention activations."""
+    def init_cache(self, batch: int, length: int, dtype=None, blocks: Sequence[int] | None = None) -> dict:
+        """An empty KV cache for `length` slots, split along the slots into blocks of the given
+        sizes (default: one block): {"k", "v"}, each a tuple over blocks of either a tuple of
+        per-layer (batch, kv_heads, n, head_dim) arrays, or one array with a leading layer axis
+        when the blocks are scanned. Sharded like the attention activations. Attention skips
+        the blocks no query can see yet (llm.model.attention.cache_attention)."""
         spec = self.spec
         dtype = dtype or spec.compute_dtype
-        shape = (batch, spec.n_kv_heads, length, spec.head_dim)
+        blocks = tuple(blocks or (length,))
+        if sum(blocks) != length:
+            raise ValueError(f"cache blocks {blocks} do not add up to {length} slots")
         names = ("batch", "act_kv_heads", "length", None)
-        if spec.scan_layers:
-            zeros = lambda: self.rules.constrain(jnp.zeros((spec.n_layers, *shape), dtype), ("layers", *names))
-            return {"k": zeros(), "v": zeros()}
-        zeros = lambda: tuple(self.rules.constrain(jnp.zeros(shape, dtype), names) for _ in range(spec.n_layers))
-        return {"k": zeros(), "v": zeros()}
+
+        def block(n: int):
+            shape = (batch, spec.n_kv_heads, n, spec.head_dim)
+            if spec.scan_layers:
+                return self.rules.constrain(jnp.zeros((spec.n_layers, *shape), dtype), ("layers", *names))
+            return tuple(self.rules.constrain(jnp.zeros(shape, dtype), names) for _ in range(spec.n_layers))
+
+        return {"k": tuple(block(n) for n in blocks), "v": tuple(block(n) for n in blocks)}
+
+    def rope_tables(self, positions: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+        """RoPE (cos, sin) for positions (B, T), shared by every layer's cached attention; None
+        for a model without RoPE.
+
+        The decode loop computes them one step ahead and carries them: tables computed inside
+        the step get fused, cos/sin and all, into each layer's q and k rotation by XLA, which
+        then evaluates them once per element (heads x head_dim times too often) in every layer."""
+        if self.spec.is_gpt2:
+            return None
+        spec = self.spec
+        return rope_tables(positions, inverse_frequencies(spec.head_dim, spec.rope_theta, spec.rope_scaling))
 
     def hidden_states_cached(
         self,
@@ -98,13 +120,17 @@ class Decoder(nnx.Module):
         kv_valid: jax.Array,
         cache: dict,
         index: jax.Array,
+        rope: tuple[jax.Array, jax.Array] | None = None,
     ) -> tuple[jax.Array, dict]:
-        """Final-norm hidden states for tokens (B, T) that occupy cache slots index..index+T-1.
+        """Final-norm hidden states for tokens (B, T) that occupy cache slots index..index+T-1
+        (inside one cache block).
 
         `positions` (B, T) are the tokens' positions in their own sequence (RoPE / learned
         positions), so rows may start at different slots (left padding). `kv_valid` (B, S) marks
         the slots that hold a real token of the row; a query sees valid slots up to its own.
-        Returns (hidden, updated cache). Generation only: no remat, no segments.
+        `rope`: `self.rope_tables(positions)` when the caller already has them (the decode loop
+        carries the next step's). Returns (hidden, updated cache). Generation only: no remat,
+        no segments.
         """
         spec = self.spec
         cd = spec.compute_dtype
@@ -116,38 +142,57 @@ class Decoder(nnx.Module):
         slots = jnp.arange(kv_valid.shape[1])
         query_slots = index + jnp.arange(t)
         mask = kv_valid[:, None, None, :] & (slots[None, None, None, :] <= query_slots[None, None, :, None])
+        k_blocks, v_blocks = cache["k"], cache["v"]
+        # One array per block (layer 0's when the layers are a tuple) gives the block sizes.
+        shapes = [kb if spec.scan_layers else kb[0] for kb in k_blocks]
+        # Block j is read only once some query's slot reaches its first slot.
+        active = tuple(None if start == 0 else start <= index + t - 1 for start in block_starts(shapes))
+        if rope is None:
+            rope = self.rope_tables(positions)
         if spec.scan_layers:
             graphdef, stacked = nnx.split(self.blocks)
+            writes = block_writes(shapes, index, t)
+
+            def write_back(stack: jax.Array, layer_block: jax.Array, where, layer: jax.Array) -> jax.Array:
+                # Only the new slots go back into the stack, not the whole layer.
+                if where is None:
+                    return stack
+                new = jax.lax.dynamic_slice_in_dim(layer_block, where[0], t, axis=2)[None]
+                return jax.lax.dynamic_update_slice(stack, new, (layer, 0, 0, where[0], 0))
 
             def body(carry, layer_state):
                 h, k_all, v_all, layer = carry
-                k_l = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
-                v_l = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
-                h, k_l, v_l = nnx.merge(graphdef, layer_state).cached(h, positions, mask, k_l, v_l, index)
-                # Write back only the new slots, not the whole layer.
-                k_new = jax.lax.dynamic_slice_in_dim(k_l, index, t, axis=2)[None]
-                v_new = jax.lax.dynamic_slice_in_dim(v_l, index, t, axis=2)[None]
-                k_all = jax.lax.dynamic_update_slice(k_all, k_new, (layer, 0, 0, index, 0))
-                v_all = jax.lax.dynamic_update_slice(v_all, v_new, (layer, 0, 0, index, 0))
+                k_l = tuple(jax.lax.dynamic_index_in_dim(kb, layer, 0, keepdims=False) for kb in k_all)
+                v_l = tuple(jax.lax.dynamic_index_in_dim(vb, layer, 0, keepdims=False) for vb in v_all)
+                h, k_l, v_l = nnx.merge(graphdef, layer_state).cached(h, rope, mask, k_l, v_l, index, active)
+                k_all = tuple(write_back(*a, layer) for a in zip(k_all, k_l, writes))
+                v_all = tuple(write_back(*a, layer) for a in zip(v_all, v_l, writes))
                 return (h, k_all, v_all, layer + 1), None
 
-            init = (x, cache["k"], cache["v"], jnp.zeros((), jnp.int32))
+            init = (x, k_blocks, v_blocks, jnp.zeros((), jnp.int32))
             (x, k_all, v_all, _), _ = jax.lax.scan(body, init, stacked)
             new_cache = {"k": k_all, "v": v_all}
         else:
             ks, vs = [], []
-            for block, k_l, v_l in zip(self.blocks, cache["k"], cache["v"]):
-                x, k_l, v_l = block.cached(x, positions, mask, k_l, v_l, index)
+            for i, block in enumerate(self.blocks):
+                k_l = tuple(kb[i] for kb in k_blocks)
+                v_l = tuple(vb[i] for vb in v_blocks)
+                x, k_l, v_l = block.cached(x, rope, mask, k_l, v_l, index, active)
                 ks.append(k_l)
                 vs.append(v_l)
-            new_cache = {"k": tuple(ks), "v": tuple(vs)}
+            # Back to blocks of per-layer arrays.
+            new_cache = {"k": tuple(zip(*ks)), "v": tuple(zip(*vs))}
         return self.final_norm(x), new_cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """f32 logits over the real vocabulary; padded columns can never be predicted."""
         cd = self.spec.compute_dtype
-        w = self.embed[...].T if self.head is None else self.head[...]
-        logits = jnp.einsum("btd,dv->btv", hidden.astype(cd), w.astype(cd), preferred_element_type=jnp.float32)
+        stored = None if self.head is None else self.head.get_value()
+        if isinstance(stored, ColumnBlocks):  # generation's blocked head (see ColumnBlocks)
+            logits = stored.matmul(hidden, cd)
+        else:
+            w = self.embed[...].T if self.head is None else self.head[...]
+            logits = jnp.einsum("btd,dv->btv", hidden.astype(cd), w.astype(cd), preferred_element_type=jnp.float32)
         logits = self.rules.constrain(logits, ("batch", "length", "act_vocab"))
         if self.spec.padded_vocab != self.spec.vocab_size:
             valid = jnp.arange(self.spec.padded_vocab) < self.spec.vocab_size

@@ -31,13 +31,25 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: tuple = ()) -> np.
     return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """Rotate x (batch, length, heads, head_dim) by its positions (batch, length)."""
+def rope_tables(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """(cos, sin), each (batch, length, 1, head_dim / 2) f32, for positions (batch, length)."""
     angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # (B, T, hd/2)
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
+    return jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+
+
+def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate x (batch, length, heads, head_dim) by precomputed tables (see rope_tables).
+
+    Generation computes the tables once per step and shares them across layers: left to
+    itself, XLA recomputes cos/sin for every element of every layer's q and k (8 heads' worth
+    of redundant transcendentals per layer)."""
     x32 = x.astype(jnp.float32)
     half = x.shape[-1] // 2
     x1, x2 = x32[..., :half], x32[..., half:]
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotate x (batch, length, heads, head_dim) by its positions (batch, length)."""
+    return rotate(x, *rope_tables(positions, inv_freq))
