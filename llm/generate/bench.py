@@ -4,10 +4,10 @@
 Decode tokens/s = batch * (N - 1) / (time the last new token reaches the host - time the first
 one does): the prefill is excluded, so the figure is the cost of the cached decode loop alone
 (ours: the streaming callback after the prefill and after the single decode loop; Hugging Face:
-a streamer's timestamps). Hugging Face runs at its fastest torch thread count (all cores or one,
-probed per batch). Both sides decode greedily with no stop token, from the same random prompts,
-and take the best of a few repeats, alternating between the two so that load from other
-processes on a shared machine hits both alike. The greedy tokens of
+a streamer's timestamps). Hugging Face runs at every candidate torch thread count (all cores
+and one) and its fastest is reported. Both sides decode greedily with no stop token, from the
+same random prompts, and take the best of a few repeats, alternating between all runners so
+that load from other processes on a shared machine hits every side alike. The greedy tokens of
 both are compared, which also proves the weights really are the same. The batch-1 figure is set
 against the memory roofline: every decode step reads all the weights once, so at batch 1 the
 best possible rate is measured bandwidth / weight bytes.
@@ -64,18 +64,33 @@ def timed(run: Callable[[list[float]], Any]) -> tuple[float, float, Any]:
     return stamps[-1] - stamps[0], total, out
 
 
-def interleaved(runs: dict[str, Callable[[list[float]], Any]], repeats: int) -> dict[str, tuple[float, float, Any]]:
+def interleaved(
+    runs: dict[Any, Callable[[list[float]], Any]],
+    repeats: int,
+    skip: Callable[[Any, dict], bool] | None = None,
+) -> dict[Any, tuple[float, float, Any]]:
     """Best decode and total time of each runner, alternating between them every repeat so a
-    change in machine load hits both sides alike."""
-    best: dict[str, tuple[float, float, Any]] = {}
+    change in machine load hits both sides alike. skip(name, best so far) leaves a runner out
+    of a later repeat."""
+    best: dict[Any, tuple[float, float, Any]] = {}
     for _ in range(repeats):
         for name, run in runs.items():
+            if skip is not None and name in best and skip(name, best):
+                continue
             decode_s, total_s, out = timed(run)
             if name not in best:
                 best[name] = (decode_s, total_s, out)
             else:
                 best[name] = (min(decode_s, best[name][0]), min(total_s, best[name][1]), out)
     return best
+
+
+def _hopeless(name: Any, best: dict) -> bool:
+    """An HF thread count already 3x slower than another one is left out of later repeats: on an
+    oversubscribed machine OpenMP threads that spin-wait can make one run take minutes, and a
+    count that far behind is not going to be the fastest."""
+    hf = [v[0] for k, v in best.items() if isinstance(k, tuple)]
+    return isinstance(name, tuple) and best[name][0] > 3 * min(hf)
 
 
 def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
@@ -149,36 +164,38 @@ def thread_candidates() -> list[int]:
     return sorted({cores, 1}, reverse=True)
 
 
-def _hf_runner(model, prompts: list[list[int]], new_tokens: int) -> tuple[Callable, dict]:
-    """(run(stamps), {threads: probe tokens/s}). HF `generate` runs at its fastest torch thread
-    count, probed on a short run."""
+def _hf_runners(model, prompts: list[list[int]], new_tokens: int) -> dict[int, Callable]:
+    """{torch threads: run(stamps)}: HF `generate` at each candidate thread count, every one of
+    them timed in the interleaved repeats and the fastest reported. (A short probe that picks
+    the count once is not enough on a shared machine: two threads can win the probe and then
+    run ten times slower than one when another process starts.)"""
     import torch
 
     ids = torch.tensor(prompts, dtype=torch.long)  # equal lengths: no padding needed
 
-    def run(stamps: list[float], n: int = new_tokens):
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=n,
-                min_new_tokens=n,
-                do_sample=False,
-                use_cache=True,
-                eos_token_id=None,
-                pad_token_id=0,
-                streamer=_Stamps(stamps),
-            )
-        return out[:, ids.shape[1] :].tolist()
+    def runner(threads: int) -> Callable:
+        def run(stamps: list[float], n: int = new_tokens):
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    use_cache=True,
+                    eos_token_id=None,
+                    pad_token_id=0,
+                    streamer=_Stamps(stamps),
+                )
+            return out[:, ids.shape[1] :].tolist()
 
-    probe_tokens = min(new_tokens, 9)
-    probes = {}
-    for threads in thread_candidates():
-        torch.set_num_threads(threads)
-        run([], probe_tokens)  # warm-up at this thread count
-        probes[threads] = len(prompts) * (probe_tokens - 1) / timed(lambda st: run(st, probe_tokens))[0]
-    torch.set_num_threads(max(probes, key=probes.get))
-    return run, probes
+        return run
+
+    runs = {threads: runner(threads) for threads in thread_candidates()}
+    for run in runs.values():
+        run([], min(new_tokens, 9))  # warm-up at this thread count
+    return runs
 
 
 def _agreement(ours: list[list[int]], theirs: list[list[int]]) -> float:
@@ -235,19 +252,22 @@ def run_generate_bench(
         runs = {}
         runs["ours"], first_call = _our_runner(generator, prompts, new_tokens)
         if hf_model is not None:
-            runs["hf"], probes = _hf_runner(hf_model, prompts, new_tokens)
-            result[f"hf_threads_b{batch}"] = max(probes, key=probes.get)
-            result[f"hf_probe_tokens_per_s_by_threads_b{batch}"] = {str(t): v for t, v in probes.items()}
-        best = interleaved(runs, repeats)
-        for name, prefix in (("ours", ""), ("hf", "hf_")):
-            if name in best:
-                decode_s, total_s, _ = best[name]
-                result[f"{prefix}tokens_per_s_b{batch}"] = batch * (new_tokens - 1) / decode_s
-                result[f"{prefix}e2e_tokens_per_s_b{batch}"] = batch * new_tokens / total_s
+            runs.update({("hf", t): run for t, run in _hf_runners(hf_model, prompts, new_tokens).items()})
+        best = interleaved(runs, repeats, skip=_hopeless)
+        rate = lambda name: batch * (new_tokens - 1) / best[name][0]
+        decode_s, total_s, ours = best["ours"]
+        result[f"tokens_per_s_b{batch}"] = rate("ours")
+        result[f"e2e_tokens_per_s_b{batch}"] = batch * new_tokens / total_s
         result[f"first_call_s_b{batch}"] = first_call
-        if "hf" in best:
+        if hf_model is not None:
+            by_threads = {name[1]: rate(name) for name in best if name != "ours"}
+            threads = max(by_threads, key=by_threads.get)
+            result[f"hf_threads_b{batch}"] = threads
+            result[f"hf_tokens_per_s_by_threads_b{batch}"] = {str(t): v for t, v in by_threads.items()}
+            result[f"hf_tokens_per_s_b{batch}"] = by_threads[threads]
+            result[f"hf_e2e_tokens_per_s_b{batch}"] = batch * new_tokens / best[("hf", threads)][1]
             result[f"speedup_vs_hf_b{batch}"] = result[f"tokens_per_s_b{batch}"] / result[f"hf_tokens_per_s_b{batch}"]
-            result[f"greedy_agreement_with_hf_b{batch}"] = _agreement(best["ours"][2], best["hf"][2])
+            result[f"greedy_agreement_with_hf_b{batch}"] = _agreement(ours, best[("hf", threads)][2])
         log.info("batch %d: %.1f decode tokens/s", batch, result[f"tokens_per_s_b{batch}"])
     top = max(batches)
     result["batch"] = top
