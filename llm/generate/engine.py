@@ -3,9 +3,10 @@
 
 Layout: prompts are left-padded to a bucket length P, so every row's next token goes to the
 same cache slot (one `dynamic_update_slice` per step) while RoPE / learned positions stay
-per-row (`slot - pad`). The cache has S = P + N slots for N = the new-token bucket, held as
-blocks (`cache_blocks`) so that attention reads only the blocks decoding has reached. Shapes depend
-only on (batch, P, N, stop-list width), so prompts of other lengths reuse the compiled program.
+per-row (`slot - pad`). The cache has S = P + N slots for N = the new-token bucket, held on
+CPU as blocks (`cache_blocks`) so that attention reads only the blocks decoding has reached.
+Shapes depend only on (batch, P, N, stop-list width), so prompts of other lengths reuse the
+compiled program.
 
 Everything is a pure function of pytrees (`nnx.merge` happens inside the jitted functions), and
 `decode` takes a step limit so the host can run the loop in chunks to stream tokens without
@@ -104,15 +105,17 @@ def prefill(
     new_tokens: int,
     return_logprobs: bool,
     pad_id: int,
+    kv_block: int = DECODE_BLOCK,
 ) -> DecodeState:
     """Run the left-padded prompts (B, P) through the model in one pass, fill the cache and
-    choose the first new token of every row with max_new > 0."""
+    choose the first new token of every row with max_new > 0. kv_block: slots per decode block
+    of the KV cache (`cache_blocks`), 0 = the whole cache as one block."""
     model = nnx.merge(graphdef, params)
     batch, p = prompts.shape
     pad = p - prompt_lens
     kv_valid = jnp.arange(p + new_tokens)[None, :] >= pad[:, None]
     positions = jnp.maximum(jnp.arange(p)[None, :] - pad[:, None], 0)
-    cache = model.init_cache(batch, p + new_tokens, blocks=cache_blocks(p, new_tokens))
+    cache = model.init_cache(batch, p + new_tokens, blocks=cache_blocks(p, new_tokens, kv_block) if kv_block else None)
     hidden, cache = model.hidden_states_cached(prompts, positions, kv_valid, cache, jnp.zeros((), jnp.int32))
     logits = model.logits(hidden[:, -1:])[:, 0]
     state = DecodeState(
@@ -174,9 +177,9 @@ def decode(
 
 # XLA:CPU hands dots to YNNPACK by default. A decode step multiplies a handful of rows (the
 # batch) by each weight matrix, and at those shapes XLA's own (Eigen) dots are faster: measured
-# on the `small` config at batch 16 on one core, the step's matmuls take ~20 ms instead of ~28
-# (the 1536 -> 512 down-projection ~2x faster), the whole step ~30 instead of ~37 ms; at batch 1
-# both are within noise. The prefill (batch x prompt rows) keeps YNNPACK, which is faster there.
+# on the `small` config at batch 16 on one core, a whole decode step takes ~26 ms instead of ~40
+# (its matmuls alone, LM head included, ~21 ms instead of ~34; the 1536 -> 512 projection ~2x); at
+# batch 1 both are within noise. The prefill (batch x prompt rows) keeps YNNPACK, faster there.
 _CPU_DECODE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -199,13 +202,16 @@ class Engine:
     per (batch, prompt bucket, new-token bucket, stop-list width, sampling mode)."""
 
     def __init__(self, graphdef: nnx.GraphDef, pad_id: int):
+        cpu = jax.default_backend() == "cpu"
+        # The blocked cache skips reads with `lax.cond`, measured on CPU only; on GPU a
+        # conditional can cost a device-to-host read of its predicate, so one block there.
         self.prefill = jax.jit(
-            functools.partial(prefill, graphdef, pad_id=pad_id),
+            functools.partial(prefill, graphdef, pad_id=pad_id, kv_block=DECODE_BLOCK if cpu else 0),
             static_argnames=("mode", "new_tokens", "return_logprobs"),
         )
         self.decode = jax.jit(
             functools.partial(decode, graphdef, pad_id=pad_id),
             static_argnames=("mode",),
             donate_argnames=("state",),
-            compiler_options=dict(decode_compiler_options(jax.default_backend())) or None,
+            compiler_options=dict(decode_compiler_options("cpu")) if cpu else None,
         )

@@ -4,9 +4,9 @@ A decode step multiplies a few rows (the batch) by every weight matrix. With XLA
 dots, which the CPU decode loop uses (llm.generate.engine), the untied LM head (d_model x
 vocab) runs at half the rate of the layers' matrices: measured on the `small` config (512 x
 8192) at batch 16, one core, ~5.2 ms per step as one matrix and ~2.7 ms as sixteen 512-column
-blocks (~1.6 vs ~2.8 ms on two cores), which is ~8% of the whole step. At batch 1 the blocks
-cost ~0.25 ms more. The values are the same; only the head's storage changes
-(llm.model.layers.ColumnBlocks), so the logits are the same dots column by column.
+blocks (~2.8 vs ~1.6 ms on two cores); the whole decode step went from ~29.4 to ~26.5 ms. At
+batch 1 the blocks cost ~0.25 ms more (~2%). The values are the same; only the head's storage
+changes (llm.model.layers.ColumnBlocks), so the logits are the same dots column by column.
 """
 
 from __future__ import annotations
