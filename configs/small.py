@@ -20,6 +20,10 @@ def get_config():
     c.model.n_kv_heads = 8
     c.model.d_ff = 1536
     c.model.max_seq_len = 512
+    # The CPU-fast layout (same values): causal attention in 64-position query blocks, and the
+    # LM head + loss in 128-position chunks. On the 2-core dev VM a step went 3.75 s -> ~3.2 s.
+    c.model.attention_impl = "blocked"
+    c.model.loss_chunk = 128
     c.data.source = "synthetic"
     c.data.seq_len = 256
     c.data.batch_size = 8

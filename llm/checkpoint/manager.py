@@ -29,7 +29,7 @@ class CheckpointMismatch(UserError):
 
 # Model keys that choose how the step is computed, not what the weights are: a checkpoint
 # restores under any of their values.
-LAYOUT_KEYS = ("scan_layers", "remat", "attention_impl", "loss_chunk")
+LAYOUT_KEYS = ("scan_layers", "remat", "attention_impl", "attention_block", "loss_chunk")
 
 
 def model_mismatch(saved: dict, current: dict) -> list[str]:

@@ -9,7 +9,7 @@ from llm.errors import ConfigError
 _CHOICES = {
     "model.family": ("llama", "gpt2"),
     "model.remat": ("none", "full", "save_matmul"),
-    "model.attention_impl": ("xla", "cudnn"),
+    "model.attention_impl": ("xla", "cudnn", "blocked"),
     "model.rope_scaling.type": ("", "llama3"),
     "precision.params": ("float32", "bfloat16"),
     "precision.compute": ("auto", "float32", "bfloat16"),
@@ -54,6 +54,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"model.loss_chunk={m.loss_chunk} must be 0 (off) or divide data.seq_len={config.data.seq_len}; "
             "pick a divisor such as 128"
         )
+    if m.attention_block < 1:
+        raise ConfigError(f"model.attention_block={m.attention_block} must be >= 1 (query positions per block); try 64")
     if m.family == "gpt2" and m.n_kv_heads != m.n_heads:
         raise ConfigError(f"gpt2 uses full multi-head attention; set model.n_kv_heads={m.n_heads}")
     t = config.train

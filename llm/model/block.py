@@ -43,8 +43,10 @@ class Block(nnx.Module):
         self.mlp = MLP(spec, rngs)
         self.rules = rules
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
-        x = x + self.attn(self.attn_norm(x), positions, mask)
+    def __call__(self, x: jax.Array, rope: tuple | None, mask: jax.Array | None) -> jax.Array:
+        """`rope`: the (cos, sin) tables of x's positions, computed once for all layers (None
+        without RoPE); `mask`: the (B, 1, T, T) causal + segment mask or None (causal only)."""
+        x = x + self.attn(self.attn_norm(x), rope, mask)
         x = self.rules.constrain(x, ("batch", "length", "act_embed"))
         x = x + self.mlp(self.mlp_norm(x), self.rules)
         return self.rules.constrain(x, ("batch", "length", "act_embed"))

@@ -21,8 +21,8 @@ REMAT_POLICIES = {
 }
 
 
-def _run_block(graphdef, state, x, positions, mask):
-    return nnx.merge(graphdef, state)(x, positions, mask)
+def _run_block(graphdef, state, x, rope, mask):
+    return nnx.merge(graphdef, state)(x, rope, mask)
 
 
 class Decoder(nnx.Module):
@@ -63,6 +63,8 @@ class Decoder(nnx.Module):
         if self.pos_embed is not None:
             x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(cd)
         x = self.rules.constrain(x, ("batch", "length", "act_embed"))
+        # RoPE tables once for all layers (a scan over layers reads them as loop invariants).
+        rope = self.rope_tables(positions)
         mask = attention_mask(segment_ids, tokens.shape[1])
         block_fn = _run_block
         if spec.remat != "none":
@@ -71,13 +73,13 @@ class Decoder(nnx.Module):
             graphdef, stacked = nnx.split(self.blocks)
 
             def body(h, layer_state):
-                return block_fn(graphdef, layer_state, h, positions, mask), None
+                return block_fn(graphdef, layer_state, h, rope, mask), None
 
             x, _ = jax.lax.scan(body, x, stacked)
         else:
             for block in self.blocks:
                 graphdef, state = nnx.split(block)
-                x = block_fn(graphdef, state, x, positions, mask)
+                x = block_fn(graphdef, state, x, rope, mask)
         return self.final_norm(x)
 
     def init_cache(self, batch: int, length: int, dtype=None, blocks: Sequence[int] | None = None) -> dict:

@@ -40,16 +40,12 @@ def rope_tables(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, 
 def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Rotate x (batch, length, heads, head_dim) by precomputed tables (see rope_tables).
 
-    Generation computes the tables once per step and shares them across layers: left to
-    itself, XLA recomputes cos/sin for every element of every layer's q and k (8 heads' worth
-    of redundant transcendentals per layer)."""
+    The decoder computes the tables once per forward and shares them across layers. XLA may
+    still fuse cos/sin into each rotation and evaluate them per element of q and k (it does on
+    CPU unless the layers are scanned), so the decode loop carries them one step ahead."""
     x32 = x.astype(jnp.float32)
     half = x.shape[-1] // 2
     x1, x2 = x32[..., :half], x32[..., half:]
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
 
-
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """Rotate x (batch, length, heads, head_dim) by its positions (batch, length)."""
-    return rotate(x, *rope_tables(positions, inv_freq))

@@ -38,6 +38,7 @@ class ModelSpec:
     param_dtype: jnp.dtype
     compute_dtype: jnp.dtype
     loss_chunk: int = 0  # positions per logits + loss chunk in training (0 = all at once)
+    attention_block: int = 64  # query positions per block when attention_impl is "blocked"
 
     @property
     def is_gpt2(self) -> bool:
@@ -87,6 +88,7 @@ def model_spec(config: ml_collections.ConfigDict, vocab_shards: int = 1, platfor
         param_dtype=_DTYPES[config.precision.params],
         compute_dtype=resolve_compute_dtype(config.precision.compute, platform),
         loss_chunk=int(m.loss_chunk),
+        attention_block=int(m.attention_block),
     )
 
 
