@@ -89,83 +89,37 @@ def block_starts(blocks: Blocks) -> list[int]:
     return starts
 
 
-def block_writes(blocks: Blocks, index: jax.Array, t: int) -> list[tuple[jax.Array, jax.Array] | None]:
-    """Where the t new slots index..index+t-1 (which lie inside one block) land: per block,
-    (offset inside the block, whether they land there), or None for a block shorter than t."""
-    out = []
-    for start, block in zip(block_starts(blocks), blocks):
-        n = block.shape[-2]
-        if n < t:
-            out.append(None)
-            continue
-        inside = (index >= start) & (index < start + n)
-        out.append((jnp.clip(index - start, 0, n - t), inside))
-    return out
-
-
-def write_blocks(blocks: Blocks, new: jax.Array, index: jax.Array) -> Blocks:
-    """Write new (B, KV, t, hd) at slots index.. of the blocked cache. Every block that could
-    hold them gets an in-place dynamic_update_slice of either the new values or its own
-    current ones, so no block is ever copied."""
-    t = new.shape[2]
-    if len(blocks) == 1:
-        return (jax.lax.dynamic_update_slice(blocks[0], new, (0, 0, index, 0)),)
-    out = []
-    for block, where in zip(blocks, block_writes(blocks, index, t)):
-        if where is not None:
-            offset, inside = where
-            old = jax.lax.dynamic_slice_in_dim(block, offset, t, axis=2)
-            block = jax.lax.dynamic_update_slice(block, jnp.where(inside, new, old), (0, 0, offset, 0))
-        out.append(block)
+def write_block(blocks: Blocks, new: jax.Array, index: jax.Array, reach: int) -> Blocks:
+    """Write new (B, KV, t, hd) at slots index..index+t-1 of the blocked cache; the caller
+    guarantees they lie inside block `reach` (static), so only that block is touched."""
+    offset = index - block_starts(blocks)[reach]
+    out = list(blocks)
+    out[reach] = jax.lax.dynamic_update_slice(blocks[reach], new, (0, 0, offset, 0))
     return tuple(out)
 
 
-def cache_attention(
-    q: jax.Array,
-    k_blocks: Blocks,
-    v_blocks: Blocks,
-    mask: jax.Array,
-    active: tuple[jax.Array | None, ...] | None = None,
-) -> jax.Array:
+def cache_attention(q: jax.Array, k_blocks: Blocks, v_blocks: Blocks, mask: jax.Array) -> jax.Array:
     """Attention of q (B, T, H, hd) over a KV cache laid out (B, KV, S, hd) and split along S
-    into blocks, under a boolean mask (B, 1, T, S). Returns (B, T, H, hd).
+    into blocks, under a boolean mask (B, 1, T, S) over those blocks' slots. Returns (B, T, H, hd).
 
     The cache keeps (batch, kv head) leading so both matmuls are batched dots with no transpose
     of the cache: `jax.nn.dot_product_attention` takes (B, S, KV, hd) and XLA would copy the whole
     cache into the other layout every decode step. Query head h reads kv head h // (H / KV), as
     in jax.nn.dot_product_attention and Hugging Face's repeat_kv. Scores and softmax are f32.
-
-    Decoding is bound by reading the cache, so it is split into blocks and `active[j]` (a traced
-    bool, None = always) says whether block j can hold a slot any query may see: an inactive
-    block (not reached yet) is not read at all (`lax.cond`); its scores are masked out anyway.
+    The caller passes only the blocks decoding has reached (see Decoder.hidden_states_cached).
     """
     b, t, h, hd = q.shape
     kv = k_blocks[0].shape[1]
     g = h // kv
-    active = active or (None,) * len(k_blocks)
     qg = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
-
-    def maybe(flag, fn, shape, dtype):
-        if flag is None:
-            return fn()
-        return jax.lax.cond(flag, fn, lambda: jnp.zeros(shape, dtype))
-
-    scores = [
-        maybe(
-            flag,
-            lambda k=k: jnp.einsum("bkqd,bksd->bkqs", qg, k, preferred_element_type=jnp.float32),
-            (b, kv, g * t, k.shape[2]),
-            jnp.float32,
-        )
-        for flag, k in zip(active, k_blocks)
-    ]
+    scores = [jnp.einsum("bkqd,bksd->bkqs", qg, k, preferred_element_type=jnp.float32) for k in k_blocks]
     scores = (scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)).reshape(b, kv, g, t, -1) * (hd**-0.5)
     scores = jnp.where(mask[:, :, None], scores, -1e30)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_blocks[0].dtype).reshape(b, kv, g * t, -1)
     out = None
-    for flag, start, v in zip(active, block_starts(v_blocks), v_blocks):
+    for start, v in zip(block_starts(v_blocks), v_blocks):
         p = probs if len(v_blocks) == 1 else probs[..., start : start + v.shape[2]]
-        part = maybe(flag, lambda p=p, v=v: jnp.einsum("bkqs,bksd->bkqd", p, v), (b, kv, g * t, hd), v.dtype)
+        part = jnp.einsum("bkqs,bksd->bkqd", p, v)
         out = part if out is None else out + part
     return out.reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd).astype(q.dtype)
 
@@ -212,24 +166,25 @@ class Attention(nnx.Module):
         k_cache: Blocks,
         v_cache: Blocks,
         index: jax.Array,
-        active: tuple[jax.Array | None, ...] | None = None,
+        reach: int = 0,
     ) -> tuple[jax.Array, Blocks, Blocks]:
         """Attention for generation over a preallocated KV cache, (B, KV, S, hd) per tensor split
         into blocks along S (a tuple; see cache_attention).
 
-        x (B, T, d) holds the tokens of cache slots index .. index+T-1 (inside one block); their
-        keys and values are written there and the queries attend over the cache under `mask`
-        (B, 1, T, S), which the caller builds from slot validity and causality. `rope` holds the
-        (cos, sin) tables of x's positions (llm.model.rope.rope_tables), None without RoPE.
-        Returns (out, k_cache, v_cache).
+        x (B, T, d) holds the tokens of cache slots index .. index+T-1, which lie inside block
+        `reach` (static); their keys and values are written there and the queries attend over
+        blocks 0..reach under `mask` (B, 1, T, slots of those blocks), which the caller builds
+        from slot validity and causality. Later blocks are neither read nor written. `rope`
+        holds the (cos, sin) tables of x's positions (llm.model.rope.rope_tables), None without
+        RoPE. Returns (out, k_cache, v_cache).
         """
         q, k, v = self._qkv(x)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
-        k_cache = write_blocks(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache[0].dtype), index)
-        v_cache = write_blocks(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache[0].dtype), index)
+        k_cache = write_block(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache[0].dtype), index, reach)
+        v_cache = write_block(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache[0].dtype), index, reach)
         cd = self.spec.compute_dtype
-        cast = lambda blocks: tuple(c.astype(cd) for c in blocks)
-        out = cache_attention(q, cast(k_cache), cast(v_cache), mask, active)
+        read = lambda blocks: tuple(c.astype(cd) for c in blocks[: reach + 1])
+        out = cache_attention(q, read(k_cache), read(v_cache), mask)
         out = self.rules.constrain(out, ("batch", "length", "act_heads", None))
         return self.o(out, cd), k_cache, v_cache

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm.model.attention import attention_mask, block_starts, block_writes
+from llm.model.attention import attention_mask, block_starts
 from llm.model.block import Block
 from llm.model.layers import ColumnBlocks, make_norm, param
 from llm.model.rope import inverse_frequencies, rope_tables
@@ -86,8 +86,8 @@ class Decoder(nnx.Module):
         """An empty KV cache for `length` slots, split along the slots into blocks of the given
         sizes (default: one block): {"k", "v"}, each a tuple over blocks of either a tuple of
         per-layer (batch, kv_heads, n, head_dim) arrays, or one array with a leading layer axis
-        when the blocks are scanned. Sharded like the attention activations. Attention skips
-        the blocks no query can see yet (llm.model.attention.cache_attention)."""
+        when the blocks are scanned. Sharded like the attention activations. A step reads only
+        the blocks up to the one its tokens land in (see hidden_states_cached)."""
         spec = self.spec
         dtype = dtype or spec.compute_dtype
         blocks = tuple(blocks or (length,))
@@ -123,16 +123,19 @@ class Decoder(nnx.Module):
         cache: dict,
         index: jax.Array,
         rope: tuple[jax.Array, jax.Array] | None = None,
+        reach: int = 0,
     ) -> tuple[jax.Array, dict]:
-        """Final-norm hidden states for tokens (B, T) that occupy cache slots index..index+T-1
-        (inside one cache block).
+        """Final-norm hidden states for tokens (B, T) that occupy cache slots index..index+T-1,
+        which must lie inside cache block `reach` (static).
 
         `positions` (B, T) are the tokens' positions in their own sequence (RoPE / learned
         positions), so rows may start at different slots (left padding). `kv_valid` (B, S) marks
         the slots that hold a real token of the row; a query sees valid slots up to its own.
-        `rope`: `self.rope_tables(positions)` when the caller already has them (the decode loop
-        carries the next step's). Returns (hidden, updated cache). Generation only: no remat,
-        no segments.
+        Attention reads blocks 0..reach only: no slot beyond them can be visible yet, so the
+        decode loop runs one specialised loop per block (llm.generate.engine.decode) and a step
+        never touches the cache it has not reached. `rope`: `self.rope_tables(positions)` when
+        the caller already has them (the decode loop carries the next step's). Returns (hidden,
+        updated cache). Generation only: no remat, no segments.
         """
         spec = self.spec
         cd = spec.compute_dtype
@@ -141,34 +144,32 @@ class Decoder(nnx.Module):
         if self.pos_embed is not None:
             x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(cd)
         x = self.rules.constrain(x, ("batch", "length", "act_embed"))
-        slots = jnp.arange(kv_valid.shape[1])
-        query_slots = index + jnp.arange(t)
-        mask = kv_valid[:, None, None, :] & (slots[None, None, None, :] <= query_slots[None, None, :, None])
         k_blocks, v_blocks = cache["k"], cache["v"]
         # One array per block (layer 0's when the layers are a tuple) gives the block sizes.
         shapes = [kb if spec.scan_layers else kb[0] for kb in k_blocks]
-        # Block j is read only once some query's slot reaches its first slot.
-        active = tuple(None if start == 0 else start <= index + t - 1 for start in block_starts(shapes))
+        end = block_starts(shapes)[reach] + shapes[reach].shape[-2]
+        slots = jnp.arange(end)
+        query_slots = index + jnp.arange(t)
+        mask = kv_valid[:, None, None, :end] & (slots[None, None, None, :] <= query_slots[None, None, :, None])
         if rope is None:
             rope = self.rope_tables(positions)
         if spec.scan_layers:
             graphdef, stacked = nnx.split(self.blocks)
-            writes = block_writes(shapes, index, t)
-
-            def write_back(stack: jax.Array, layer_block: jax.Array, where, layer: jax.Array) -> jax.Array:
-                # Only the new slots go back into the stack, not the whole layer.
-                if where is None:
-                    return stack
-                new = jax.lax.dynamic_slice_in_dim(layer_block, where[0], t, axis=2)[None]
-                return jax.lax.dynamic_update_slice(stack, new, (layer, 0, 0, where[0], 0))
+            offset = index - block_starts(shapes)[reach]
 
             def body(carry, layer_state):
                 h, k_all, v_all, layer = carry
-                k_l = tuple(jax.lax.dynamic_index_in_dim(kb, layer, 0, keepdims=False) for kb in k_all)
-                v_l = tuple(jax.lax.dynamic_index_in_dim(vb, layer, 0, keepdims=False) for vb in v_all)
-                h, k_l, v_l = nnx.merge(graphdef, layer_state).cached(h, rope, mask, k_l, v_l, index, active)
-                k_all = tuple(write_back(*a, layer) for a in zip(k_all, k_l, writes))
-                v_all = tuple(write_back(*a, layer) for a in zip(v_all, v_l, writes))
+                k_l = tuple(jax.lax.dynamic_index_in_dim(kb, layer, 0, keepdims=False) for kb in k_all[: reach + 1])
+                v_l = tuple(jax.lax.dynamic_index_in_dim(vb, layer, 0, keepdims=False) for vb in v_all[: reach + 1])
+                h, k_l, v_l = nnx.merge(graphdef, layer_state).cached(h, rope, mask, k_l, v_l, index, reach)
+
+                def write_back(stack: jax.Array, layer_block: jax.Array) -> jax.Array:
+                    # Only the new slots go back into the stack, not the whole layer.
+                    new = jax.lax.dynamic_slice_in_dim(layer_block, offset, t, axis=2)[None]
+                    return jax.lax.dynamic_update_slice(stack, new, (layer, 0, 0, offset, 0))
+
+                k_all = (*k_all[:reach], write_back(k_all[reach], k_l[reach]), *k_all[reach + 1 :])
+                v_all = (*v_all[:reach], write_back(v_all[reach], v_l[reach]), *v_all[reach + 1 :])
                 return (h, k_all, v_all, layer + 1), None
 
             init = (x, k_blocks, v_blocks, jnp.zeros((), jnp.int32))
@@ -179,7 +180,7 @@ class Decoder(nnx.Module):
             for i, block in enumerate(self.blocks):
                 k_l = tuple(kb[i] for kb in k_blocks)
                 v_l = tuple(vb[i] for vb in v_blocks)
-                x, k_l, v_l = block.cached(x, rope, mask, k_l, v_l, index, active)
+                x, k_l, v_l = block.cached(x, rope, mask, k_l, v_l, index, reach)
                 ks.append(k_l)
                 vs.append(v_l)
             # Back to blocks of per-layer arrays.
