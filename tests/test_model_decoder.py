@@ -27,6 +27,13 @@ def forward(graphdef, params, batch):
     return nnx.merge(graphdef, params)(batch["inputs"], batch["positions"], batch["segment_ids"])
 
 
+def loss_and_grads(batch, *overrides):
+    """(loss, grads) of the LM loss for a model built with the overrides (same init seed)."""
+    graphdef, params, _ = build(*overrides)
+    (loss, _), grads = jax.value_and_grad(lm_loss_fn(graphdef), has_aux=True)(params, {}, batch, None)
+    return loss, grads
+
+
 def stack_blocks(params):
     blocks = [params["blocks"][i] for i in sorted(params["blocks"])]
     return {**params, "blocks": jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *blocks)}
@@ -46,12 +53,7 @@ def test_scanned_layers_equal_the_python_loop(family):
 @pytest.mark.parametrize("policy", ["full", "save_matmul"])
 def test_remat_keeps_loss_and_gradients(policy):
     batch = random_batch(256, 2, 32)
-    results = []
-    for remat in ("none", policy):
-        graphdef, params, _ = build(f"model.remat={remat}", "model.scan_layers=true")
-        loss_fn = lm_loss_fn(graphdef)
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, {}, batch, None)
-        results.append((loss, grads))
+    results = [loss_and_grads(batch, f"model.remat={remat}", "model.scan_layers=true") for remat in ("none", policy)]
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
     for g0, g1 in zip(jax.tree_util.tree_leaves(results[0][1]), jax.tree_util.tree_leaves(results[1][1])):
         np.testing.assert_allclose(g0, g1, rtol=1e-5, atol=1e-7)
@@ -132,12 +134,11 @@ def test_blocked_attention_equals_xla_with_packing(block, kv_heads):
 def test_blocked_attention_model_matches_xla(family):
     kv = "model.n_kv_heads=4" if family == "gpt2" else "model.n_kv_heads=2"
     batch = random_batch(256, 2, 48, packed=True)
-    results = []
-    for impl in ("xla", "blocked"):
-        graphdef, params, _ = build(f"model.family={family}", kv, f"model.attention_impl={impl}", "model.attention_block=16")
-        loss_fn = lm_loss_fn(graphdef)
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, {}, batch, None)
-        results.append((loss, grads))
+    results = [
+        loss_and_grads(batch, f"model.family={family}", kv, f"model.attention_impl={impl}", "model.attention_block=16")
+        for impl in ("xla", "blocked")
+    ]
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     for g0, g1 in zip(jax.tree_util.tree_leaves(results[0][1]), jax.tree_util.tree_leaves(results[1][1])):
         np.testing.assert_allclose(g0, g1, rtol=1e-4, atol=1e-6)
+
