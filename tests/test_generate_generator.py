@@ -122,6 +122,28 @@ def test_decoding_across_kv_cache_blocks_equals_full_recompute():
     assert [c.tokens for c in streamed] == [c.tokens for c in out]
 
 
+def test_layer_matrices_in_column_halves_for_batch_16_generate_the_same():
+    """On CPU a batch of 16 or more rows decodes with every layer matrix in two column halves
+    (llm.generate.layout); tokens and log-probs still equal full recomputation with the whole
+    matrices, and a smaller batch afterwards gets the very same arrays back."""
+    gen, forward = build()
+    gen = copy.copy(gen)
+    plain = gen.params
+    prompts = prompts_for(PROMPT_LENS * 4, seed=11)
+    out = gen.generate(prompts, max_new_tokens=12, return_logprobs=True)
+    assert gen.halved and isinstance(gen.params["blocks"][0]["mlp"]["down"]["kernel"], ColumnBlocks)
+    assert len(gen.params["blocks"][1]["attn"]["o"]["kernel"].blocks) == 2
+    for prompt, c in zip(prompts[:4], out[:4]):
+        assert c.tokens == greedy_by_recompute(forward, plain, prompt, 12)
+        logp = log_softmax(full_logits(forward, plain, prompt + c.tokens))
+        expected = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(c.tokens)]
+        np.testing.assert_allclose(c.logprobs, expected, rtol=1e-5)
+    gen.generate(prompts[:2], max_new_tokens=4)
+    assert not gen.halved
+    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(gen.params)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_column_blocked_lm_head_generates_the_same():
     """On CPU the generator keeps an untied LM head as column blocks (llm.generate.layout); this
     vocabulary fits in one block, so split it finer and compare with the plain head."""

@@ -1,12 +1,19 @@
 """The generator's own copy of the weights, laid out for decoding on CPU.
 
-A decode step multiplies a few rows (the batch) by every weight matrix. With XLA's own (Eigen)
-dots, which the CPU decode loop uses (llm.generate.engine), the untied LM head (d_model x
-vocab) runs at half the rate of the layers' matrices: measured on the `small` config (512 x
-8192) at batch 16, one core, ~5.2 ms per step as one matrix and ~2.7 ms as sixteen 512-column
-blocks (~2.8 vs ~1.6 ms on two cores); the whole decode step went from ~29.4 to ~26.5 ms. At
-batch 1 the blocks cost ~0.25 ms more (~2%). The values are the same; only the head's storage
-changes (llm.model.layers.ColumnBlocks), so the logits are the same dots column by column.
+A decode step multiplies a few rows (the batch) by every weight matrix, and XLA's own (Eigen)
+dots, which the CPU decode loop uses (llm.generate.engine), run those shapes far below the
+machine's bandwidth. Two layouts help, both storing a kernel as column blocks
+(llm.model.layers.ColumnBlocks), so every output column is the same dot as before:
+
+- The untied LM head (d_model x vocab) in 512-column blocks: measured on the `small` config
+  (512 x 8192) at batch 16, one core, ~5.2 ms per step as one matrix and ~2.7 ms as sixteen
+  blocks (~2.8 vs ~1.6 ms on two cores). At batch 1 the blocks cost ~0.25 ms more (~2%).
+- Each layer's matrices in two column halves, which XLA runs as independent dots on the two
+  cores at once: at 16 rows, 512 x 512 went from ~160 to ~108 us and 1536 x 512 from ~480 to
+  ~334 us (a chain of such dots in one compiled loop, 2-core dev VM), and the `small` decode
+  step at batch 16 from ~17.8-18.9 to ~16.1-16.8 ms. With fewer rows the extra dots cost more
+  than they gain (batch 4: 11.6 -> 14.5 ms, batch 8: 12.8 -> 15.4 ms) and at 32 rows it is
+  even (37.3 ms), so the generator uses halves from HALVES_MIN_ROWS rows up.
 """
 
 from __future__ import annotations
@@ -14,11 +21,19 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from llm.model.layers import ColumnBlocks
 
 HEAD_BLOCK = 512
+HALVES_MIN_ROWS = 16
+LAYER_KERNELS = (("attn", "q"), ("attn", "k"), ("attn", "v"), ("attn", "o"), ("mlp", "gate"), ("mlp", "up"), ("mlp", "down"))
+# Output dims of each kernel: the first n_in dims are inputs.
+_N_IN = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
+
+
+def _split_columns(matrix: jax.Array, width: int, full_shape: tuple[int, ...] = ()) -> ColumnBlocks:
+    cols = matrix.shape[1]
+    return ColumnBlocks(tuple(matrix[:, i : min(i + width, cols)] for i in range(0, cols, width)), full_shape)
 
 
 def block_head(params: Any, width: int = HEAD_BLOCK) -> Any:
@@ -27,6 +42,48 @@ def block_head(params: Any, width: int = HEAD_BLOCK) -> Any:
     head = params.get("head") if isinstance(params, dict) else None
     if not isinstance(head, jax.Array) or head.ndim != 2 or head.shape[1] <= width:
         return params
-    cols = head.shape[1]
-    split = jax.jit(lambda h: ColumnBlocks(tuple(h[:, i : min(i + width, cols)] for i in range(0, cols, width))))
-    return {**params, "head": split(head)}
+    return {**params, "head": jax.jit(lambda h: _split_columns(h, width))(head)}
+
+
+def halve_layer_kernels(params: Any) -> Any:
+    """params with every layer's attention and MLP kernels split into two column halves, for a
+    model whose layers are a list (a scanned stack is returned as it is, as are kernels that
+    are not plain arrays, e.g. quantized ones, or have an odd number of output columns)."""
+    blocks = params.get("blocks") if isinstance(params, dict) else None
+    if not isinstance(blocks, dict) or not all(isinstance(k, int) for k in blocks):
+        return params
+
+    def halve(kernel: jax.Array, n_in: int) -> Any:
+        if not isinstance(kernel, jax.Array):
+            return kernel
+        rows = 1
+        for dim in kernel.shape[:n_in]:
+            rows *= dim
+        matrix = kernel.reshape(rows, -1)
+        if matrix.shape[1] % 2:
+            return kernel
+        return _split_columns(matrix, matrix.shape[1] // 2, tuple(kernel.shape))
+
+    split = jax.jit(halve, static_argnums=1)
+    new_blocks = {}
+    for index, layer in blocks.items():
+        layer = {**layer}
+        for group, name in LAYER_KERNELS:
+            if group in layer and name in layer[group] and layer[group][name] is not None:
+                module = dict(layer[group][name])
+                module["kernel"] = split(module["kernel"], _N_IN[name])
+                layer[group] = {**layer[group], name: module}
+        new_blocks[index] = layer
+    return {**params, "blocks": new_blocks}
+
+
+def join_layer_kernels(params: Any) -> Any:
+    """The inverse of halve_layer_kernels: layer kernels held as ColumnBlocks become whole
+    arrays again (the LM head's blocks are kept)."""
+    blocks = params.get("blocks") if isinstance(params, dict) else None
+    if not isinstance(blocks, dict):
+        return params
+    join = jax.jit(lambda kernel: kernel[...])
+    is_blocks = lambda x: isinstance(x, ColumnBlocks)
+    joined = jax.tree_util.tree_map(lambda x: join(x) if is_blocks(x) else x, blocks, is_leaf=is_blocks)
+    return {**params, "blocks": joined}

@@ -192,7 +192,7 @@ class Decoder(nnx.Module):
         cd = self.spec.compute_dtype
         stored = None if self.head is None else self.head.get_value()
         if isinstance(stored, ColumnBlocks):  # generation's blocked head (see ColumnBlocks)
-            logits = stored.matmul(hidden, cd)
+            logits = stored.matmul(hidden, 1, cd)
         else:
             w = self.embed[...].T if self.head is None else self.head[...]
             logits = jnp.einsum("btd,dv->btv", hidden.astype(cd), w.astype(cd), preferred_element_type=jnp.float32)

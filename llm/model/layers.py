@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Sequence
 
@@ -31,25 +32,29 @@ def _flat_matmul(x: jax.Array, kernel: jax.Array, n_in: int) -> jax.Array:
     return y.reshape(*lead, *out_shape)
 
 
-@jax.tree_util.register_dataclass
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["blocks"], meta_fields=["full_shape"])
 @dataclasses.dataclass(frozen=True)
 class ColumnBlocks:
-    """A 2-D matrix (in, out) stored as a tuple of column blocks (in, width_j).
+    """A kernel viewed as a 2-D matrix (in, out) and stored as a tuple of column blocks
+    (in, width_j); `full_shape` is the kernel's own shape (e.g. (heads, head_dim, d_model)),
+    () for a plain 2-D matrix.
 
-    Generation stores the LM head this way on CPU (llm.generate.layout): XLA's CPU dot runs a
-    few rows times a 512-column block at about twice the rate it runs them times the whole
-    8192-column head. Training never sees one.
+    Generation stores some kernels this way on CPU (llm.generate.layout), where a decode step
+    multiplies a few rows by each matrix: XLA's CPU dot runs them times a 512-column block of
+    the LM head at about twice the rate it runs them times the whole 8192-column head, and two
+    column halves of a layer matrix run on the two cores at once. Training never sees one.
     """
 
     blocks: tuple[jax.Array, ...]
+    full_shape: tuple[int, ...] = ()
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return (self.blocks[0].shape[0], sum(b.shape[1] for b in self.blocks))
+    def shape(self) -> tuple[int, ...]:
+        return self.full_shape or (self.blocks[0].shape[0], sum(b.shape[1] for b in self.blocks))
 
     @property
     def ndim(self) -> int:
-        return 2
+        return len(self.shape)
 
     @property
     def size(self) -> int:
@@ -62,16 +67,16 @@ class ColumnBlocks:
     def __getitem__(self, index) -> jax.Array:
         if index is not Ellipsis:
             raise TypeError("ColumnBlocks only supports [...] (the whole matrix)")
-        return jnp.concatenate(self.blocks, axis=1)
+        return jnp.concatenate(self.blocks, axis=1).reshape(self.shape)
 
-    def matmul(self, x: jax.Array, compute_dtype) -> jax.Array:
-        """x (..., in) @ the matrix in f32, one dot per block."""
-        x = x.astype(compute_dtype)
-        parts = [
-            jnp.einsum("...d,dv->...v", x, b.astype(compute_dtype), preferred_element_type=jnp.float32)
-            for b in self.blocks
-        ]
-        return jnp.concatenate(parts, axis=-1)
+    def matmul(self, x: jax.Array, n_in: int, compute_dtype) -> jax.Array:
+        """x (..., *in) @ the matrix in f32, one 2-D dot per block; the result has the kernel's
+        output dims (..., *out)."""
+        shape = self.shape
+        lead = x.shape[: x.ndim - n_in]
+        rows = x.reshape(-1, math.prod(shape[:n_in])).astype(compute_dtype)
+        parts = [jnp.dot(rows, b.astype(compute_dtype), preferred_element_type=jnp.float32) for b in self.blocks]
+        return jnp.concatenate(parts, axis=-1).reshape(*lead, *shape[n_in:])
 
 
 class Dense(nnx.Module):
@@ -101,8 +106,8 @@ class Dense(nnx.Module):
 
     def __call__(self, x: jax.Array, compute_dtype) -> jax.Array:
         stored = self.kernel.get_value()
-        if hasattr(stored, "matmul"):  # a frozen quantized kernel (llm.peft.quant) multiplies itself
-            y = stored.matmul(x, self.n_in, compute_dtype)
+        if hasattr(stored, "matmul"):  # a quantized (llm.peft.quant) or column-blocked kernel multiplies itself
+            y = stored.matmul(x, self.n_in, compute_dtype).astype(compute_dtype)
         else:
             y = _flat_matmul(x.astype(compute_dtype), self.kernel[...].astype(compute_dtype), self.n_in)
         if getattr(self, "lora_a", None) is not None:
