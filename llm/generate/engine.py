@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm.generate.sampling import SamplingMode, choose_tokens, token_logprobs
+from llm.model.attention import block_starts
 
 
 DECODE_BLOCK = 32
@@ -171,9 +172,9 @@ def decode(
     prompt_slots = state.kv_valid.shape[1] - n
     max_position = model.spec.max_seq_len - 1
     stop_at = jnp.minimum(limit, n)
-    k_blocks = state.cache["k"]
-    sizes = [(kb if model.spec.scan_layers else kb[0]).shape[-2] for kb in k_blocks]
-    starts = [sum(sizes[:j]) for j in range(len(sizes))]
+    blocks = model.cache_blocks(state.cache)
+    sizes = [b.shape[-2] for b in blocks]
+    starts = block_starts(blocks)
 
     def run_block(state: DecodeState, reach: int) -> DecodeState:
         # Step s feeds the token of slot prompt_slots + s - 1: block `reach` takes the steps

@@ -18,6 +18,8 @@ machine's bandwidth. Two layouts help, both storing a kernel as column blocks
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import jax
@@ -26,14 +28,25 @@ from llm.model.layers import ColumnBlocks
 
 HEAD_BLOCK = 512
 HALVES_MIN_ROWS = 16
-LAYER_KERNELS = (("attn", "q"), ("attn", "k"), ("attn", "v"), ("attn", "o"), ("mlp", "gate"), ("mlp", "up"), ("mlp", "down"))
-# Output dims of each kernel: the first n_in dims are inputs.
-_N_IN = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
+# The layer kernels halve_layer_kernels splits, with how many of their leading dims are inputs.
+LAYER_KERNELS = {
+    ("attn", "q"): 1, ("attn", "k"): 1, ("attn", "v"): 1, ("attn", "o"): 2,
+    ("mlp", "gate"): 1, ("mlp", "up"): 1, ("mlp", "down"): 1,
+}
 
 
 def _split_columns(matrix: jax.Array, width: int, full_shape: tuple[int, ...] = ()) -> ColumnBlocks:
     cols = matrix.shape[1]
     return ColumnBlocks(tuple(matrix[:, i : min(i + width, cols)] for i in range(0, cols, width)), full_shape)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _halve(kernel: jax.Array, n_in: int) -> ColumnBlocks:
+    matrix = kernel.reshape(math.prod(kernel.shape[:n_in]), -1)
+    return _split_columns(matrix, matrix.shape[1] // 2, tuple(kernel.shape))
+
+
+_join = jax.jit(lambda kernel: kernel[...])
 
 
 def block_head(params: Any, width: int = HEAD_BLOCK) -> Any:
@@ -42,7 +55,7 @@ def block_head(params: Any, width: int = HEAD_BLOCK) -> Any:
     head = params.get("head") if isinstance(params, dict) else None
     if not isinstance(head, jax.Array) or head.ndim != 2 or head.shape[1] <= width:
         return params
-    return {**params, "head": jax.jit(lambda h: _split_columns(h, width))(head)}
+    return {**params, "head": jax.jit(_split_columns, static_argnums=1)(head, width)}
 
 
 def halve_layer_kernels(params: Any) -> Any:
@@ -53,28 +66,14 @@ def halve_layer_kernels(params: Any) -> Any:
     if not isinstance(blocks, dict) or not all(isinstance(k, int) for k in blocks):
         return params
 
-    def halve(kernel: jax.Array, n_in: int) -> Any:
-        if not isinstance(kernel, jax.Array):
-            return kernel
-        rows = 1
-        for dim in kernel.shape[:n_in]:
-            rows *= dim
-        matrix = kernel.reshape(rows, -1)
-        if matrix.shape[1] % 2:
-            return kernel
-        return _split_columns(matrix, matrix.shape[1] // 2, tuple(kernel.shape))
+    def halve(path, leaf):
+        keys = tuple(getattr(p, "key", None) for p in path)  # (layer, group, name, "kernel")
+        n_in = LAYER_KERNELS.get(keys[1:3]) if len(keys) == 4 and keys[3] == "kernel" else None
+        if n_in is None or not isinstance(leaf, jax.Array) or (leaf.size // math.prod(leaf.shape[:n_in])) % 2:
+            return leaf
+        return _halve(leaf, n_in)
 
-    split = jax.jit(halve, static_argnums=1)
-    new_blocks = {}
-    for index, layer in blocks.items():
-        layer = {**layer}
-        for group, name in LAYER_KERNELS:
-            if group in layer and name in layer[group] and layer[group][name] is not None:
-                module = dict(layer[group][name])
-                module["kernel"] = split(module["kernel"], _N_IN[name])
-                layer[group] = {**layer[group], name: module}
-        new_blocks[index] = layer
-    return {**params, "blocks": new_blocks}
+    return {**params, "blocks": jax.tree_util.tree_map_with_path(halve, blocks)}
 
 
 def join_layer_kernels(params: Any) -> Any:
@@ -83,7 +82,6 @@ def join_layer_kernels(params: Any) -> Any:
     blocks = params.get("blocks") if isinstance(params, dict) else None
     if not isinstance(blocks, dict):
         return params
-    join = jax.jit(lambda kernel: kernel[...])
     is_blocks = lambda x: isinstance(x, ColumnBlocks)
-    joined = jax.tree_util.tree_map(lambda x: join(x) if is_blocks(x) else x, blocks, is_leaf=is_blocks)
+    joined = jax.tree_util.tree_map(lambda x: _join(x) if is_blocks(x) else x, blocks, is_leaf=is_blocks)
     return {**params, "blocks": joined}

@@ -103,9 +103,14 @@ class Decoder(nnx.Module):
 
         return {"k": tuple(block(n) for n in blocks), "v": tuple(block(n) for n in blocks)}
 
+    def cache_blocks(self, cache: dict) -> list[jax.Array]:
+        """One array per KV-cache block (layer 0's when the layers are a tuple): its shape[-2]
+        is the block's slots (see init_cache)."""
+        return [kb if self.spec.scan_layers else kb[0] for kb in cache["k"]]
+
     def rope_tables(self, positions: jax.Array) -> tuple[jax.Array, jax.Array] | None:
-        """RoPE (cos, sin) for positions (B, T), shared by every layer's cached attention; None
-        for a model without RoPE.
+        """RoPE (cos, sin) for positions (B, T), shared by every layer's attention; None for a
+        model without RoPE.
 
         The decode loop computes them one step ahead and carries them: tables computed inside
         the step get fused, cos/sin and all, into each layer's q and k rotation by XLA, which
@@ -145,9 +150,9 @@ class Decoder(nnx.Module):
             x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(cd)
         x = self.rules.constrain(x, ("batch", "length", "act_embed"))
         k_blocks, v_blocks = cache["k"], cache["v"]
-        # One array per block (layer 0's when the layers are a tuple) gives the block sizes.
-        shapes = [kb if spec.scan_layers else kb[0] for kb in k_blocks]
-        end = block_starts(shapes)[reach] + shapes[reach].shape[-2]
+        blocks = self.cache_blocks(cache)
+        start = block_starts(blocks)[reach]
+        end = start + blocks[reach].shape[-2]
         slots = jnp.arange(end)
         query_slots = index + jnp.arange(t)
         mask = kv_valid[:, None, None, :end] & (slots[None, None, None, :] <= query_slots[None, None, :, None])
@@ -155,7 +160,7 @@ class Decoder(nnx.Module):
             rope = self.rope_tables(positions)
         if spec.scan_layers:
             graphdef, stacked = nnx.split(self.blocks)
-            offset = index - block_starts(shapes)[reach]
+            offset = index - start
 
             def body(carry, layer_state):
                 h, k_all, v_all, layer = carry
