@@ -18,7 +18,7 @@ from flax import nnx
 
 from llm.errors import UserError
 from llm.generate.engine import DecodeState, Engine
-from llm.generate.layout import HALVES_MIN_ROWS, block_head, halve_layer_kernels, join_layer_kernels
+from llm.generate.layout import pack_kernels
 from llm.generate.sampling import SamplingMode, SamplingOptions
 
 ChunkCallback = Callable[[list[list[int]]], None]
@@ -85,17 +85,15 @@ class Generator:
     ):
         """cast_to_compute: keep a copy of the weights in the compute dtype (bf16 on
         accelerators), so each decode step reads half the bytes of f32 weights; a no-op when the
-        dtypes already agree (f32 on CPU). On CPU the LM head is also kept in column blocks, and
-        the layers' matrices in column halves for batches of HALVES_MIN_ROWS or more, layouts
-        XLA's CPU dots run faster at decode shapes (llm.generate.layout)."""
+        dtypes already agree (f32 on CPU). On CPU the layers' matrices and an untied LM head are
+        kept packed for the CPU decode kernel (llm.generate.layout)."""
         model = nnx.merge(graphdef, params)
+        self.graphdef = graphdef
         self.spec = model.spec
         self.rules = model.rules
         self.params = cast_params(params, self.spec.compute_dtype) if cast_to_compute else params
-        self.cpu = jax.default_backend() == "cpu"
-        if self.cpu:
-            self.params = block_head(self.params)
-        self.halved = False
+        if jax.default_backend() == "cpu":
+            self.params = pack_kernels(self.params)
         self.pad_id = int(pad_id)
         self.min_bucket = min_bucket
         self.engine = Engine(graphdef, self.pad_id)
@@ -171,7 +169,6 @@ class Generator:
         options.validate(self.spec.vocab_size)
         self._validate(prompts, max_new, stops)
         tokens, lens, new, stop_ids, n = self._inputs(prompts, max_new, stops, pad_batch_to)
-        self._lay_out_for(tokens.shape[0])
         state = self.engine.prefill(
             self.params,
             tokens,
@@ -190,15 +187,6 @@ class Generator:
         else:
             state = self._stream(state, n, options.mode(), batch, on_chunk, max(1, int(chunk_tokens)))
         return self._completions(state, batch, stops)
-
-    def _lay_out_for(self, rows: int) -> None:
-        """On CPU, hold the layers' matrices in column halves for batches of HALVES_MIN_ROWS rows
-        or more and whole below (llm.generate.layout), converting the one copy when the batch
-        size crosses over."""
-        halved = self.cpu and rows >= HALVES_MIN_ROWS
-        if halved != self.halved:
-            self.params = (halve_layer_kernels if halved else join_layer_kernels)(self.params)
-            self.halved = halved
 
     def _stream(self, state: DecodeState, n: int, mode: SamplingMode, batch: int, on_chunk: ChunkCallback, chunk: int) -> DecodeState:
         sent = 0

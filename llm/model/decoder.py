@@ -10,7 +10,7 @@ from flax import nnx
 
 from llm.model.attention import attention_mask, block_starts
 from llm.model.block import Block
-from llm.model.layers import ColumnBlocks, make_norm, param
+from llm.model.layers import make_norm, param
 from llm.model.rope import inverse_frequencies, rope_tables
 from llm.model.spec import ModelSpec
 from llm.parallel.rules import AxisRules
@@ -196,7 +196,7 @@ class Decoder(nnx.Module):
         """f32 logits over the real vocabulary; padded columns can never be predicted."""
         cd = self.spec.compute_dtype
         stored = None if self.head is None else self.head.get_value()
-        if isinstance(stored, ColumnBlocks):  # generation's blocked head (see ColumnBlocks)
+        if hasattr(stored, "matmul"):  # generation's packed head (llm.generate.layout)
             logits = stored.matmul(hidden, 1, cd)
         else:
             w = self.embed[...].T if self.head is None else self.head[...]

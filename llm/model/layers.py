@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
 from typing import Sequence
 
@@ -30,53 +28,6 @@ def _flat_matmul(x: jax.Array, kernel: jax.Array, n_in: int) -> jax.Array:
     rows = x.reshape(-1, math.prod(in_shape))
     y = rows @ kernel.reshape(math.prod(in_shape), math.prod(out_shape))
     return y.reshape(*lead, *out_shape)
-
-
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["blocks"], meta_fields=["full_shape"])
-@dataclasses.dataclass(frozen=True)
-class ColumnBlocks:
-    """A kernel viewed as a 2-D matrix (in, out) and stored as a tuple of column blocks
-    (in, width_j); `full_shape` is the kernel's own shape (e.g. (heads, head_dim, d_model)),
-    () for a plain 2-D matrix.
-
-    Generation stores some kernels this way on CPU (llm.generate.layout), where a decode step
-    multiplies a few rows by each matrix: XLA's CPU dot runs them times a 512-column block of
-    the LM head at about twice the rate it runs them times the whole 8192-column head, and two
-    column halves of a layer matrix run on the two cores at once. Training never sees one.
-    """
-
-    blocks: tuple[jax.Array, ...]
-    full_shape: tuple[int, ...] = ()
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.full_shape or (self.blocks[0].shape[0], sum(b.shape[1] for b in self.blocks))
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def dtype(self):
-        return self.blocks[0].dtype
-
-    def __getitem__(self, index) -> jax.Array:
-        if index is not Ellipsis:
-            raise TypeError("ColumnBlocks only supports [...] (the whole matrix)")
-        return jnp.concatenate(self.blocks, axis=1).reshape(self.shape)
-
-    def matmul(self, x: jax.Array, n_in: int, compute_dtype) -> jax.Array:
-        """x (..., *in) @ the matrix in f32, one 2-D dot per block; the result has the kernel's
-        output dims (..., *out)."""
-        shape = self.shape
-        lead = x.shape[: x.ndim - n_in]
-        rows = x.reshape(-1, math.prod(shape[:n_in])).astype(compute_dtype)
-        parts = [jnp.dot(rows, b.astype(compute_dtype), preferred_element_type=jnp.float32) for b in self.blocks]
-        return jnp.concatenate(parts, axis=-1).reshape(*lead, *shape[n_in:])
 
 
 class Dense(nnx.Module):
@@ -106,7 +57,7 @@ class Dense(nnx.Module):
 
     def __call__(self, x: jax.Array, compute_dtype) -> jax.Array:
         stored = self.kernel.get_value()
-        if hasattr(stored, "matmul"):  # a quantized (llm.peft.quant) or column-blocked kernel multiplies itself
+        if hasattr(stored, "matmul"):  # a quantized (llm.peft.quant) or packed (llm.generate.layout) kernel multiplies itself
             y = stored.matmul(x, self.n_in, compute_dtype).astype(compute_dtype)
         else:
             y = _flat_matmul(x.astype(compute_dtype), self.kernel[...].astype(compute_dtype), self.n_in)

@@ -1,0 +1,112 @@
+"""llm.generate.panel_matmul: the CPU decode kernel equals a float64 matmul for any rows,
+inputs and columns, packing round-trips exactly, larger row counts go to XLA's dot, concurrent
+calls in one program finish, and a kernel that cannot be built says why."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+from llm.generate import panel_matmul
+from llm.generate.layout import pack_kernels
+from llm.generate.panel_matmul import MAX_ROWS, PanelKernel, compile_kernel, pack
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the kernel is the CPU decode path")
+
+
+def relative_error(got, want) -> float:
+    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
+
+
+@pytest.mark.parametrize("rows,k,n", [(1, 512, 1536), (16, 512, 1536), (7, 33, 40), (13, 1, 16), (6, 64, 8), (64, 96, 17), (11, 200, 300)])
+def test_kernel_equals_float64_matmul(rows, k, n):
+    assert panel_matmul.available()
+    rng = np.random.default_rng(rows * 1000 + k + n)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    packed = pack(jnp.asarray(w), 1)
+    assert packed.panels.shape == (-(-n // 16), k, 16)
+    got = jax.jit(lambda x, p: p.matmul(x, 1, jnp.float32))(x, packed)
+    assert got.shape == (rows, n)
+    assert relative_error(got, x.astype(np.float64) @ w) < 3e-6
+
+
+def test_pack_round_trips_and_multiplies_over_head_dims():
+    """An attention output kernel (heads, head_dim, d_model) packs with two input dims; `[...]`
+    gives back the very same array and matmul equals the einsum over both input dims."""
+    rng = np.random.default_rng(0)
+    kernel = jnp.asarray(rng.standard_normal((4, 8, 24)), jnp.float32)
+    packed = pack(kernel, 2)
+    assert packed.shape == (4, 8, 24) and packed.ndim == 3 and packed.size == kernel.size
+    np.testing.assert_array_equal(packed[...], kernel)
+    x = rng.standard_normal((2, 3, 4, 8)).astype(np.float32)
+    got = packed.matmul(jnp.asarray(x), 2, jnp.float32)
+    want = np.einsum("bthd,hdo->bto", x.astype(np.float64), np.asarray(kernel, np.float64))
+    assert got.shape == (2, 3, 24) and relative_error(got, want) < 3e-6
+    with pytest.raises(ValueError, match="2 input dims"):
+        packed.matmul(jnp.asarray(x), 1, jnp.float32)
+
+
+@pytest.mark.parametrize("rows", [MAX_ROWS, MAX_ROWS + 1])
+def test_kernel_up_to_max_rows_xla_dot_beyond(rows):
+    """A prefill (many rows) multiplies the unpacked kernel with XLA's dot; a decode step (few
+    rows) calls the kernel. Both give the matmul."""
+    rng = np.random.default_rng(rows)
+    w = jnp.asarray(rng.standard_normal((32, 48)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((rows, 32)), jnp.float32)
+    packed = pack(w, 1)
+    program = str(jax.make_jaxpr(lambda x, p: p.matmul(x, 1, jnp.float32))(x, packed))
+    assert ("ffi_call" in program) == (rows <= MAX_ROWS)
+    assert relative_error(packed.matmul(x, 1, jnp.float32), np.asarray(x, np.float64) @ np.asarray(w)) < 3e-6
+
+
+def test_independent_calls_in_a_loop_finish_and_agree():
+    """Like q, k and v in a decode step: independent kernel calls that XLA may run at once on
+    its two-thread pool, each also scheduling work on that pool, inside a while loop."""
+    rng = np.random.default_rng(1)
+    ws = [pack(jnp.asarray(rng.standard_normal((64, 64)) / 8, jnp.float32), 1) for _ in range(3)]
+    x0 = jnp.asarray(rng.standard_normal((16, 64)), jnp.float32)
+
+    def step(x, ws, matmul):
+        return sum(matmul(x, w) for w in ws) / 3
+
+    def run(x, ws, matmul):
+        return jax.lax.fori_loop(0, 50, lambda i, x: jnp.tanh(step(x, ws, matmul)), x)
+
+    kernel = jax.jit(lambda x, ws: run(x, ws, lambda x, w: w.matmul(x, 1, jnp.float32)))(x0, ws)
+    plain = [w[...] for w in ws]
+    reference = jax.jit(lambda x, ws: run(x, ws, lambda x, w: x @ w))(x0, plain)
+    np.testing.assert_allclose(kernel, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_a_kernel_that_cannot_be_built_says_why(tmp_path):
+    with pytest.raises(RuntimeError, match="could not run"):
+        compile_kernel(compiler=str(tmp_path / "no-such-compiler"), directory=tmp_path)
+    with pytest.raises(RuntimeError, match="'false' failed on panel_matmul.cc"):
+        compile_kernel(compiler="false", directory=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no partial library left behind
+
+
+def test_built_kernel_is_cached_by_source_jaxlib_and_flags(tmp_path):
+    first = compile_kernel(directory=tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert compile_kernel(directory=tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]
+
+
+def test_pack_kernels_leaves_what_the_kernel_cannot_take(monkeypatch):
+    """bf16 kernels and a scanned layer stack stay plain; without the kernel nothing is packed."""
+    f32 = jnp.ones((8, 16), jnp.float32)
+    params = {
+        "head": f32,
+        "blocks": {0: {"mlp": {"down": {"kernel": f32.astype(jnp.bfloat16)}, "up": {"kernel": f32}}}},
+    }
+    packed = pack_kernels(params)
+    assert isinstance(packed["head"], PanelKernel) and isinstance(packed["blocks"][0]["mlp"]["up"]["kernel"], PanelKernel)
+    assert packed["blocks"][0]["mlp"]["down"]["kernel"].dtype == jnp.bfloat16
+    scanned = {"blocks": {"mlp": {"up": {"kernel": jnp.ones((2, 8, 16))}}}}
+    assert pack_kernels(scanned)["blocks"] is scanned["blocks"]
+    monkeypatch.setattr(panel_matmul, "available", lambda: False)
+    assert pack_kernels(params) is params
