@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from llm.generate import panel_matmul
 from llm.generate.layout import pack_kernels
-from llm.generate.panel_matmul import MAX_ROWS, PanelKernel, compile_kernel, pack
+from llm.generate.panel_matmul import MAX_INPUT_BYTES, PanelKernel, compile_kernel, pack
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the kernel is the CPU decode path")
 
@@ -49,16 +49,16 @@ def test_pack_round_trips_and_multiplies_over_head_dims():
         packed.matmul(jnp.asarray(x), 1, jnp.float32)
 
 
-@pytest.mark.parametrize("rows", [MAX_ROWS, MAX_ROWS + 1])
-def test_kernel_up_to_max_rows_xla_dot_beyond(rows):
-    """A prefill (many rows) multiplies the unpacked kernel with XLA's dot; a decode step (few
-    rows) calls the kernel. Both give the matmul."""
+@pytest.mark.parametrize("rows", [MAX_INPUT_BYTES // 128, MAX_INPUT_BYTES // 128 + 1])
+def test_kernel_up_to_max_input_bytes_xla_dot_beyond(rows):
+    """Inputs too large to stay in cache (a long prefill) multiply the unpacked kernel with
+    XLA's dot; smaller ones call the kernel. Both give the matmul."""
     rng = np.random.default_rng(rows)
     w = jnp.asarray(rng.standard_normal((32, 48)), jnp.float32)
     x = jnp.asarray(rng.standard_normal((rows, 32)), jnp.float32)
     packed = pack(w, 1)
     program = str(jax.make_jaxpr(lambda x, p: p.matmul(x, 1, jnp.float32))(x, packed))
-    assert ("ffi_call" in program) == (rows <= MAX_ROWS)
+    assert ("ffi_call" in program) == (rows * 32 * 4 <= MAX_INPUT_BYTES)
     assert relative_error(packed.matmul(x, 1, jnp.float32), np.asarray(x, np.float64) @ np.asarray(w)) < 3e-6
 
 

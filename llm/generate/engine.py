@@ -201,28 +201,6 @@ def decode(
     return state
 
 
-# XLA:CPU hands dots to YNNPACK by default. A decode step multiplies a handful of rows (the
-# batch) by each weight matrix, and at those shapes XLA's own (Eigen) dots are faster: measured
-# on the `small` config at batch 16 on one core, a whole decode step takes ~26 ms instead of ~40
-# (its matmuls alone, LM head included, ~21 ms instead of ~34; the 1536 -> 512 projection ~2x); at
-# batch 1 both are within noise. The prefill (batch x prompt rows) keeps YNNPACK, faster there.
-_CPU_DECODE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
-@functools.lru_cache(maxsize=None)
-def decode_compiler_options(backend: str) -> tuple[tuple[str, str], ...]:
-    """XLA options for the decode loop on `backend`: the CPU ones above where this XLA knows
-    them (the option is experimental; an XLA without it compiles with its defaults)."""
-    if backend != "cpu":
-        return ()
-    try:
-        probe = jax.jit(lambda x: x @ x, compiler_options=_CPU_DECODE_OPTIONS)
-        probe.lower(jax.ShapeDtypeStruct((2, 2), jnp.float32)).compile()
-    except Exception:  # noqa: BLE001 - an unknown or rejected option: keep XLA's defaults
-        return ()
-    return tuple(_CPU_DECODE_OPTIONS.items())
-
-
 class Engine:
     """The jitted prefill and decode for one model graph. Compiled programs are cached by jax
     per (batch, prompt bucket, new-token bucket, stop-list width, sampling mode)."""
@@ -239,5 +217,4 @@ class Engine:
             functools.partial(decode, graphdef, pad_id=pad_id),
             static_argnames=("mode",),
             donate_argnames=("state",),
-            compiler_options=dict(decode_compiler_options("cpu")) if cpu else None,
         )

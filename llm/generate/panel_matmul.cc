@@ -86,7 +86,7 @@ PANEL_TARGET void Panels(const Problem& p, int64_t first, int64_t last) {
   }
 }
 
-// A generic build of the same loops for CPUs without AVX2/FMA (and non-x86 hosts).
+// Plain loops for x86 CPUs without AVX2/FMA.
 void RowGeneric(const float* x, int64_t K, const float* panel, float* y) {
   float acc[kWidth] = {};
   for (int64_t k = 0; k < K; ++k)
@@ -105,8 +105,10 @@ void RunChunk(const Problem& p, int64_t first, int64_t last) {
 #if defined(__x86_64__)
   static const bool fast = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (fast) return Panels(p, first, last);
-#endif
   PanelsGeneric(p, first, last);
+#else
+  Panels(p, first, last);  // the vector extensions compile to the host's SIMD (e.g. NEON)
+#endif
 }
 
 // Shared by the caller and the pool tasks; a task that starts after every chunk was claimed

@@ -6,7 +6,8 @@ shapes they run far below the machine's bandwidth: on the 2-core dev VM a 16-row
 f32 dot takes ~250-280 us (~11 GB/s of weights). The generator therefore keeps its copy of the
 weights already packed (`PanelKernel`, (panels, K, 16) contiguous) and multiplies with a small
 C++ kernel (panel_matmul.cc, an XLA FFI custom call on both cores) that streams each panel once:
-~165-190 us for the same dot, and 1.2x-2x faster than XLA's dot from 1 to 32 rows.
+~165-190 us for the same dot, 1.2x-2x faster than XLA's dot from 1 to 64 rows and level with
+its GEMM at prefill sizes.
 
 The kernel is compiled on first use with the machine's C++ compiler against the installed
 jaxlib's FFI headers and cached on disk (like PyTorch's CPU inductor). Without a compiler, or
@@ -34,9 +35,11 @@ import jaxlib.version
 log = logging.getLogger("llm")
 
 WIDTH = 16
-# Above this many rows (a prefill: batch x prompt) XLA's GEMM is the faster one and the panels
-# are unpacked for it (outside the decode loop, once per call).
-MAX_ROWS = 64
+# The kernel reads all of x once per panel, so x must stay in cache: measured on the dev VM
+# (512 x 1536 and 1536 x 512 f32) it is 1.2-2x faster than XLA's dot from 1 to 64 rows, and even
+# or ahead up to 8 MiB of x (4096 x 512: 170 vs 162-176 GFLOP/s); at 16 MiB (8192 x 512) XLA's
+# GEMM leads (175 vs 165), so larger inputs (long prefills) multiply the unpacked kernel.
+MAX_INPUT_BYTES = 8 * 2**20
 TARGET = "llm_panel_matmul"
 _SOURCE = Path(__file__).with_suffix(".cc")
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
@@ -140,14 +143,14 @@ class PanelKernel:
         return matrix.reshape(self.full_shape)
 
     def matmul(self, x: jax.Array, n_in: int, compute_dtype) -> jax.Array:
-        """x (..., *in) @ the kernel in f32 -> (..., *out): the panel kernel for up to MAX_ROWS
-        rows, XLA's dot on the unpacked kernel beyond."""
+        """x (..., *in) @ the kernel in f32 -> (..., *out): the panel kernel for inputs of up to
+        MAX_INPUT_BYTES, XLA's dot on the unpacked kernel beyond (or in another compute dtype)."""
         if n_in != self.n_in:
             raise ValueError(f"PanelKernel packed with {self.n_in} input dims, called with {n_in}")
         lead = x.shape[: x.ndim - n_in]
         k = self.panels.shape[1]
         rows = x.reshape(-1, k)
-        if rows.shape[0] > MAX_ROWS or jnp.dtype(compute_dtype) != jnp.float32:
+        if rows.shape[0] * k * 4 > MAX_INPUT_BYTES or jnp.dtype(compute_dtype) != jnp.float32:
             y = jnp.dot(rows.astype(compute_dtype), self[...].reshape(k, -1).astype(compute_dtype),
                         preferred_element_type=jnp.float32)
         else:
