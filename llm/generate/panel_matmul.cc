@@ -137,6 +137,7 @@ ffi::Error PanelMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 2> x, ffi::Bu
   if (xd[1] != wd[1]) return ffi::Error::InvalidArgument("x columns != panel rows");
   const auto yd = y->dimensions();
   if (yd[0] != xd[0] || yd[1] != wd[0] * kWidth) return ffi::Error::InvalidArgument("bad output shape");
+  if (xd[0] == 0 || wd[0] == 0) return ffi::Error::Success();  // nothing to compute
   auto work = std::make_shared<Work>();
   work->problem = Problem{x.typed_data(), w.typed_data(), y->typed_data(), xd[0], xd[1], wd[0]};
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
