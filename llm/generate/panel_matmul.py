@@ -10,8 +10,9 @@ C++ kernel (panel_matmul.cc, an XLA FFI custom call on both cores) that streams 
 its GEMM at prefill sizes.
 
 The kernel is compiled on first use with the machine's C++ compiler against the installed
-jaxlib's FFI headers and cached on disk (like PyTorch's CPU inductor). Without a compiler, or
-off CPU, nothing is packed and decoding uses XLA's dots (same results, slower); a warning says so.
+jaxlib's FFI headers and cached on disk (like PyTorch's CPU inductor). Off CPU nothing is
+packed; without a working compiler nothing is either, a warning says so, and decoding uses XLA's
+dots (same results, slower).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import hashlib
 import logging
 import math
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -51,12 +53,14 @@ def cache_dir() -> Path:
 
 
 def compile_kernel(compiler: str | None = None, directory: Path | None = None) -> Path:
-    """Build panel_matmul.cc into a shared library (reused when source, jaxlib and flags match).
+    """Build panel_matmul.cc into a shared library (reused when source, jaxlib, machine
+    architecture, compiler and flags match).
     Raises RuntimeError naming the compiler and its first error line when it cannot be built."""
     compiler = compiler or os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or "c++"
     include = jax.ffi.include_dir()
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + jaxlib.version.__version__.encode() + " ".join((compiler, *_FLAGS)).encode())
+    stamp = " ".join((jaxlib.version.__version__, platform.machine(), compiler, *_FLAGS))
+    key = hashlib.sha256(source + stamp.encode())
     directory = directory or cache_dir()
     target = directory / f"panel_matmul-{key.hexdigest()[:16]}.so"
     if target.exists():
