@@ -4,14 +4,21 @@ calls in one program finish, and a kernel that cannot be built says why."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from helpers import tiny_config
 
 from llm.generate import panel_matmul
 from llm.generate.layout import pack_kernels
 from llm.generate.panel_matmul import MAX_INPUT_BYTES, PanelKernel, compile_kernel, pack
+from llm.model.build import init_params
+from llm.model.spec import model_spec
+from llm.parallel.mesh import build_mesh
+from llm.parallel.rules import AxisRules
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the kernel is the CPU decode path")
 
@@ -96,17 +103,27 @@ def test_built_kernel_is_cached_by_source_jaxlib_and_flags(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
 
 
+def tiny_model(scan: bool):
+    """(model, params as a pure dict) of the tiny config (llama, untied head)."""
+    config = tiny_config(f"model.scan_layers={str(scan).lower()}")
+    rules = AxisRules.from_config(config.mesh.rules, build_mesh(config.mesh, jax.devices()[:1]))
+    graphdef, params, _ = init_params(model_spec(config, platform="cpu"), rules, 0)
+    return nnx.merge(graphdef, params), params
+
+
 def test_pack_kernels_leaves_what_the_kernel_cannot_take(monkeypatch):
-    """bf16 kernels and a scanned layer stack stay plain; without the kernel nothing is packed."""
-    f32 = jnp.ones((8, 16), jnp.float32)
-    params = {
-        "head": f32,
-        "blocks": {0: {"mlp": {"down": {"kernel": f32.astype(jnp.bfloat16)}, "up": {"kernel": f32}}}},
-    }
-    packed = pack_kernels(params)
+    """Every Dense kernel and the head are packed with the input dims of their layer; bf16
+    kernels and a scanned layer stack stay plain; without the kernel nothing is packed."""
+    model, params = tiny_model(scan=False)
+    params = {**params, "blocks": {**params["blocks"], 0: {**params["blocks"][0], "mlp": {
+        **params["blocks"][0]["mlp"], "down": {"kernel": params["blocks"][0]["mlp"]["down"]["kernel"].astype(jnp.bfloat16)}}}}}
+    packed = pack_kernels(model, params)
     assert isinstance(packed["head"], PanelKernel) and isinstance(packed["blocks"][0]["mlp"]["up"]["kernel"], PanelKernel)
     assert packed["blocks"][0]["mlp"]["down"]["kernel"].dtype == jnp.bfloat16
-    scanned = {"blocks": {"mlp": {"up": {"kernel": jnp.ones((2, 8, 16))}}}}
-    assert pack_kernels(scanned)["blocks"] is scanned["blocks"]
+    o = packed["blocks"][1]["attn"]["o"]["kernel"]
+    assert isinstance(o, PanelKernel) and o.n_in == 2 and o.shape == params["blocks"][1]["attn"]["o"]["kernel"].shape
+    scanned_model, scanned = tiny_model(scan=True)
+    kept = pack_kernels(scanned_model, scanned)["blocks"]
+    assert all(a is b for a, b in zip(jax.tree_util.tree_leaves(kept), jax.tree_util.tree_leaves(scanned["blocks"])))
     monkeypatch.setattr(panel_matmul, "available", lambda: False)
-    assert pack_kernels(params) is params
+    assert pack_kernels(model, params) is params

@@ -93,7 +93,7 @@ class Generator:
         self.rules = model.rules
         self.params = cast_params(params, self.spec.compute_dtype) if cast_to_compute else params
         if jax.default_backend() == "cpu":
-            self.params = pack_kernels(self.params)
+            self.params = pack_kernels(model, self.params)
         self.pad_id = int(pad_id)
         self.min_bucket = min_bucket
         self.engine = Engine(graphdef, self.pad_id)

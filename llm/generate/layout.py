@@ -1,6 +1,6 @@
 """The generator's own copy of the weights, laid out for decoding on CPU.
 
-Every layer matrix and an untied LM head are held pre-packed for the CPU decode kernel
+Every Dense kernel (found from the model's layers) and an untied LM head are held pre-packed for the CPU decode kernel
 (llm.generate.panel_matmul.PanelKernel), which multiplies the batch's few rows by them at close
 to the machine's bandwidth where XLA's dots repack the weights on every call. Each output column
 is still one f32 dot product over the same inputs, so results agree with XLA's dots to rounding.
@@ -16,14 +16,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from llm.generate import panel_matmul
-
-# The layer kernels pack_kernels packs, with how many of their leading dims are inputs.
-LAYER_KERNELS = {
-    ("attn", "q"): 1, ("attn", "k"): 1, ("attn", "v"): 1, ("attn", "o"): 2,
-    ("mlp", "gate"): 1, ("mlp", "up"): 1, ("mlp", "down"): 1,
-}
+from llm.model.layers import kernel_input_dims
+from llm.peft.spec import key_name, path_str
 
 
 def _packable(leaf: Any) -> bool:
@@ -34,25 +31,23 @@ def _packable(leaf: Any) -> bool:
     )
 
 
-def pack_kernels(params: Any) -> Any:
-    """params with the layer kernels and an untied head ("head", 2-D) as PanelKernels, when the
-    CPU decode kernel is available; otherwise params unchanged."""
+def pack_kernels(model: nnx.Module, params: Any) -> Any:
+    """params (model's, as a pure dict) with every Dense kernel and an untied head ("head",
+    2-D) as PanelKernels, when the CPU decode kernel is available; otherwise params unchanged.
+    The kernels and their input dims come from the model's Dense layers."""
     if not isinstance(params, dict) or not panel_matmul.available():
         return params
-    out = dict(params)
+    n_ins = {path_str(path): n for path, n in kernel_input_dims(model).items()}
+    scanned = bool(model.spec.scan_layers)
+
+    def pack(path, leaf):
+        n_in = n_ins.get(path_str(path))
+        if n_in is None or (scanned and key_name(path[0]) == "blocks") or not _packable(leaf):
+            return leaf
+        return panel_matmul.pack(leaf, n_in)
+
+    out = jax.tree_util.tree_map_with_path(pack, params)
     head = params.get("head")
     if _packable(head) and head.ndim == 2:
         out["head"] = panel_matmul.pack(head, 1)
-    blocks = params.get("blocks")
-    if isinstance(blocks, dict) and all(isinstance(k, int) for k in blocks):
-
-        def pack(path, leaf):
-            keys = tuple(getattr(p, "key", None) for p in path)  # (layer, group, name, "kernel")
-            n_in = LAYER_KERNELS.get(keys[1:3]) if len(keys) == 4 and keys[3] == "kernel" else None
-            if n_in is None or not _packable(leaf) or leaf.ndim <= n_in:
-                return leaf
-            return panel_matmul.pack(leaf, n_in)
-
-        out["blocks"] = jax.tree_util.tree_map_with_path(pack, blocks)
     return out
-

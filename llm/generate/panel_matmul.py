@@ -84,6 +84,9 @@ def compile_kernel(compiler: str | None = None, directory: Path | None = None) -
     return target
 
 
+_LIBRARIES: list = []  # loaded kernel libraries, kept for the life of the process
+
+
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     """Whether the kernel is built and registered with XLA (once per process); False off CPU."""
@@ -98,8 +101,6 @@ def available() -> bool:
     _LIBRARIES.append(library)  # the handler must outlive every compiled program that calls it
     return True
 
-
-_LIBRARIES: list = []
 
 
 def panel_matmul(rows: jax.Array, panels: jax.Array) -> jax.Array:

@@ -140,20 +140,20 @@ class Attention(nnx.Module):
         self.spec = spec
         self.rules = rules
 
-    def _qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """q, k, v for x (batch, length, d_model), not yet rotated."""
+    def _qkv(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q, k, v for x (batch, length, d_model), q and k rotated by `rope` (None: no RoPE)."""
         cd = self.spec.compute_dtype
         q = self.rules.constrain(self.q(x, cd), ("batch", "length", "act_heads", None))
         k = self.rules.constrain(self.k(x, cd), ("batch", "length", "act_kv_heads", None))
         v = self.rules.constrain(self.v(x, cd), ("batch", "length", "act_kv_heads", None))
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         return q, k, v
 
     def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, mask: jax.Array | None) -> jax.Array:
         """Causal self-attention of x (batch, length, d_model); `rope` holds the (cos, sin) tables
         of x's positions (llm.model.rope.rope_tables), None without RoPE."""
-        q, k, v = self._qkv(x)
-        if rope is not None:
-            q, k = rotate(q, *rope), rotate(k, *rope)
+        q, k, v = self._qkv(x, rope)
         out = attend(q, k, v, mask, self.spec.attention_impl, self.spec.attention_block)
         out = self.rules.constrain(out, ("batch", "length", "act_heads", None))
         return self.o(out, self.spec.compute_dtype)
@@ -178,9 +178,7 @@ class Attention(nnx.Module):
         holds the (cos, sin) tables of x's positions (llm.model.rope.rope_tables), None without
         RoPE. Returns (out, k_cache, v_cache).
         """
-        q, k, v = self._qkv(x)
-        if rope is not None:
-            q, k = rotate(q, *rope), rotate(k, *rope)
+        q, k, v = self._qkv(x, rope)
         k_cache = write_block(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache[0].dtype), index, reach)
         v_cache = write_block(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache[0].dtype), index, reach)
         cd = self.spec.compute_dtype

@@ -91,6 +91,12 @@ class Dense(nnx.Module):
         return y.reshape(*batch, *out_shape)
 
 
+def kernel_input_dims(module: nnx.Module) -> dict[tuple, int]:
+    """Path of every Dense kernel in module (the module's path + ("kernel",), as in its params
+    tree) -> the kernel's number of input dims."""
+    return {(*path, "kernel"): m.n_in for path, m in nnx.iter_modules(module) if isinstance(m, Dense)}
+
+
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, dtype, rngs: nnx.Rngs):
         self.eps = eps

@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from llm.errors import UserError
-from llm.model.layers import Dense
+from llm.model.layers import kernel_input_dims
 from llm.peft.abstract import call, is_abstract
 from llm.peft.lora import abstract_module, add_lora, merge_trees, unmerge
 from llm.peft.quant import QTensor, can_quantize, quantize
@@ -33,11 +33,6 @@ def combine(trainable: Any, frozen: Any) -> dict:
 
 def _keys(path) -> tuple:
     return tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
-
-
-def _input_dims(module: nnx.Module) -> dict[str, int]:
-    """Kernel path -> number of input dims, for every Dense layer."""
-    return {path_str(p) + "/kernel": m.n_in for p, m in nnx.iter_modules(module) if isinstance(m, Dense)}
 
 
 def _quant_shardings(leaf: jax.Array, lead: int, n_in: int, fmt: str, block: int) -> Any:
@@ -73,7 +68,7 @@ def quantize_base(base: dict, module: nnx.Module, fmt: str, block: int) -> dict:
     and matrices whose input size is not a multiple of `block` stay as they are. One jitted
     program quantizes them all, each output placed like its kernel (see _quant_shardings); an
     abstract base (llm.peft.abstract) gets the QTensors' shapes and shardings only."""
-    n_ins = _input_dims(module)
+    n_ins = {path_str(path): n for path, n in kernel_input_dims(module).items()}
     scanned = bool(module.spec.scan_layers)
     plan: dict[str, tuple[int, int]] = {}  # path -> (lead, n_in) of the leaves to quantize
     kept = []
