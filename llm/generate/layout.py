@@ -1,7 +1,7 @@
 """The generator's own copy of the weights, laid out for decoding on CPU.
 
-Every Dense kernel (found from the model's layers) and an untied LM head are held pre-packed for the CPU decode kernel
-(llm.generate.panel_matmul.PanelKernel), which multiplies the batch's few rows by them at close
+Every Dense kernel (found from the model's layers) and an untied LM head are held pre-packed
+for the CPU decode kernel (llm.generate.panel_matmul.PanelKernel), which multiplies the batch's few rows by them at close
 to the machine's bandwidth where XLA's dots repack the weights on every call. Each output column
 is still one f32 dot product over the same inputs, so results agree with XLA's dots to rounding.
 
