@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from llm.pytree import key_name
+
 _NO_DECAY_KEYS = ("embed", "pos_embed", "bias", "scale")
 
 
@@ -32,29 +34,50 @@ def weight_decay_mask(params: Any) -> Any:
     """True where weight decay applies: matrices, not norms, biases or embeddings."""
 
     def decays(path, leaf) -> bool:
-        names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
-        return not any(n in _NO_DECAY_KEYS for n in names)
+        return not any(key_name(k) in _NO_DECAY_KEYS for k in path)
 
     return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def _cast(tree: Any, dtype) -> Any:
+    return jax.tree.map(lambda x: x.astype(dtype), tree)
+
+
+def scale_by_adam_stored_in(dtype, b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """optax.scale_by_adam with both moments stored in `dtype`.
+
+    optax's `mu_dtype` covers only the first moment; here the second moment is created in `dtype`
+    too and cast back after each update. The moment updates and the step itself are computed in
+    the gradients' dtype (f32): a bf16 moment is promoted before it is used.
+    """
+    inner = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=dtype)
+
+    def init(params):
+        state = inner.init(params)
+        return state._replace(mu=_cast(state.mu, dtype), nu=_cast(state.nu, dtype))
+
+    def update(updates, state, params=None):
+        updates, new = inner.update(updates, state, params)
+        return updates, new._replace(mu=_cast(new.mu, dtype), nu=_cast(new.nu, dtype))
+
+    return optax.GradientTransformation(init, update)
 
 
 def build_optimizer(
     optim: ml_collections.ConfigDict, total_steps: int, state_dtype: str = "float32"
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """clip -> Adam (moments stored in `state_dtype`, precision.optimizer_state) -> weight decay
+    -> learning rate: optax.adamw's chain, so the state layout is the same for either dtype."""
     schedule = learning_rate_schedule(optim, total_steps)
-    mu_dtype = jnp.bfloat16 if state_dtype == "bfloat16" else jnp.float32
+    dtype = jnp.bfloat16 if state_dtype == "bfloat16" else jnp.float32
     chain = []
     if optim.clip_norm > 0:
         chain.append(optax.clip_by_global_norm(optim.clip_norm))
     chain.append(
-        optax.adamw(
-            schedule,
-            b1=optim.b1,
-            b2=optim.b2,
-            eps=optim.eps,
-            weight_decay=optim.weight_decay,
-            mask=weight_decay_mask,
-            mu_dtype=mu_dtype,
+        optax.chain(
+            scale_by_adam_stored_in(dtype, optim.b1, optim.b2, optim.eps),
+            optax.add_decayed_weights(optim.weight_decay, weight_decay_mask),
+            optax.scale_by_learning_rate(schedule),
         )
     )
     return optax.chain(*chain), schedule
