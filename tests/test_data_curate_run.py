@@ -4,6 +4,8 @@ readable shards split by content hash, bad input is counted or fatal, the report
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +95,20 @@ def test_cli_and_failure_modes(corpus, tmp_path, capsys):
     config = load_config(ROOT / "configs/tiny.py", ["data.source=jsonl", f"data.path={path}", "data.curate.min_chars=100000000"])
     with pytest.raises(UserError, match="all 77 documents were removed"):
         curate(config, tmp_path / "x")
+
+
+def test_a_non_utf8_file_names_the_cause_and_writes_the_report(tmp_path):
+    """Every document dropped as bad input: the error names the file and the encoding (not the
+    quality thresholds), and the report it points to exists."""
+    bad = tmp_path / "notes.txt"
+    bad.write_bytes("Plenty of ordinary words in this file, enough for the quality filters. ".encode() * 3 + b"\xff\xfe latin-1 \xe9\n")
+    out = tmp_path / "curated"
+    proc = subprocess.run([sys.executable, "-m", "llm.cli.main", "data", "curate", "--config", str(ROOT / "configs/tiny.py"),
+                           f"--config.data.path={bad}", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert "non-UTF-8 bytes" in error and str(bad) in error and "UTF-8" in error.split(";")[-1], error
+    assert "thresholds" not in error
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"][0] == {**report["stages"][0], "stage": "bad_input", "docs_removed": 1}
+    assert not (out / "manifest.json").exists()

@@ -80,6 +80,36 @@ class _Stage:
         return out
 
 
+_FIXES = {
+    "bad_input": "re-encode the input as UTF-8",
+    "normalize": "the documents hold only whitespace or control characters",
+    "quality": "relax the data.curate thresholds",
+    "exact_dedup": "check the input",
+    "near_dedup": "check the input",
+    "decontaminate": "check data.curate.decontaminate",
+    "pii": "check the input",
+}
+
+
+def _nothing_kept(docs_in: int, stages: dict[str, _Stage], report: Path) -> str:
+    """Why every document went: each removing stage's main reason and first place, and the fix
+    that stage calls for (bad input is fixed in the data, not by relaxing filters)."""
+    causes, fixes = [], []
+    for name in STAGES:
+        stage = stages[name]
+        if not stage.docs_removed:
+            continue
+        reason = max(stage.reasons, key=stage.reasons.get)
+        first = next((e["where"] for e in stage.examples if e["reason"] == reason), "")
+        causes.append(f"{stage.docs_removed} by {name} ({reason}{', first at ' + first if first else ''})")
+        fix = _FIXES[name]
+        if name == "bad_input" and "UTF-8" not in reason:
+            fix = "fix the input records (or data.text_field / data.source)"
+        if fix not in fixes:
+            fixes.append(fix)
+    return f"all {docs_in} documents were removed: {'; '.join(causes)} (report: {report}); {'; '.join(fixes)}"
+
+
 def curate(config: ml_collections.ConfigDict, out: str | Path) -> dict:
     """Curate config.data's source into `out`; returns the report (also out/report.json)."""
     d, q = config.data, config.data.curate
@@ -157,9 +187,6 @@ def curate(config: ml_collections.ConfigDict, out: str | Path) -> dict:
     seconds = time.perf_counter() - start
     if docs_in == 0:
         raise UserError(f"data source {d.path or 'builtin'!r} yielded no documents; check data.source and data.path")
-    kept = writers["train"].count + writers["validation"].count
-    if kept == 0:
-        raise UserError(f"all {docs_in} documents were removed (see {out / REPORT}); relax the data.curate thresholds")
     report = {
         "input": {"source": d.source, "path": d.path or "builtin", "docs": docs_in, "bytes": bytes_in, "tokens": tokens_in, "tokenizer": d.tokenizer},
         "stages": [stages[name].report() for name in STAGES],
@@ -171,6 +198,8 @@ def curate(config: ml_collections.ConfigDict, out: str | Path) -> dict:
         "mb_per_s": round(bytes_in / 1e6 / seconds, 3) if seconds > 0 else None,
     }
     (out / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    if writers["train"].count + writers["validation"].count == 0:
+        raise UserError(_nothing_kept(docs_in, stages, out / REPORT))
     manifest = {
         "name": "curated",
         "format": q.output_format,
