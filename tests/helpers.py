@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llm.bench.train_bench import synthetic_batch
+from llm.bench.train import synthetic_batch
 from llm.config.loading import load_config
 
 

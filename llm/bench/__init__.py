@@ -1,0 +1,103 @@
+"""Every benchmark of `llm`, one target each, behind one signature.
+
+A target is a module under llm/bench exposing `run(args: argparse.Namespace) -> dict` (it
+measures, prints its figures and returns them) plus the command-line options declared here.
+The registry is this file's `TARGETS`, written out explicitly: nothing registers itself on
+import, and the target modules (which import JAX, PyTorch, ...) are only imported when run, so
+building the `llm` parser stays cheap.
+
+  llm bench [train] --config C [--steps N] [--vs-hf]     train step tokens/s, MFU, memory vs HF
+  llm bench checkpoint --config C [--steps N]            async save blocking time, restore time
+  llm bench data --config C                              input pipeline tokens/s
+  llm bench generate --config C [--vs-hf]                decode tokens/s vs HF `generate`
+  llm bench finetune --config C [--methods ...]          full vs LoRA vs QLoRA vs frozen
+  llm bench convert [--preset P]  (= llm convert bench)  HF import/export time and peak RSS
+
+Every target takes `--json FILE` (the returned figures, written by the CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+from typing import Any, Mapping
+
+from llm.bench.convert_presets import PRESETS
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One command-line option: argparse's flag and keyword arguments."""
+
+    flag: str
+    kwargs: Mapping[str, Any]
+
+    @property
+    def dest(self) -> str:
+        return self.kwargs.get("dest", self.flag.lstrip("-").replace("-", "_"))
+
+    @property
+    def default(self) -> Any:
+        return self.kwargs.get("default", False if self.kwargs.get("action") == "store_true" else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A benchmark: its name, one-line help, options, and the module whose `run(args)` it calls."""
+
+    name: str
+    help: str
+    module: str
+    options: tuple[Option, ...]
+
+    @property
+    def takes_config(self) -> bool:
+        return any(o.flag == "--config" for o in self.options)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        for option in self.options:
+            parser.add_argument(option.flag, **option.kwargs)
+
+    def run(self, args: argparse.Namespace) -> dict:
+        return importlib.import_module(self.module).run(args)
+
+
+def _option(flag: str, help: str, **kwargs: Any) -> Option:
+    return Option(flag, {"help": help, **kwargs})
+
+
+CONFIG = _option("--config", "configs/*.py to measure (--config.a.b=v overrides apply)", required=True)
+JSON = _option("--json", "also write the figures to this JSON file", dest="json_path", default=None)
+VS_HF = _option("--vs-hf", "also measure Hugging Face transformers on the same shape", action="store_true")
+
+
+def _steps(help: str) -> Option:
+    return _option("--steps", help, type=int, default=10)
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("train", "train step: tokens/s, step time, MFU, peak memory (and the HF peer)", "llm.bench.train",
+               (CONFIG, _steps("timed steps"), VS_HF, JSON)),
+        Target("checkpoint", "how long an async save blocks the loop, and how long a restore takes", "llm.bench.checkpoint",
+               (CONFIG, _steps("timed train steps the save is compared with"), JSON)),
+        Target("data", "input pipeline tokens/s (read, tokenize, pack, batch) on real text", "llm.bench.data",
+               (CONFIG, JSON)),
+        Target("generate", "decode tokens/s of our sampler (and HF generate on the same weights)", "llm.bench.generate",
+               (CONFIG, VS_HF, JSON)),
+        Target("finetune", "the same model fine-tuned fully, with LoRA, QLoRA and frozen layers", "llm.bench.finetune",
+               (CONFIG, _steps("steps per method (at least 3: the first compiles)"),
+                _option("--methods", "comma-separated, of full, lora, qlora, frozen", default="full,lora,qlora,frozen"),
+                _option("--out", "one workdir per method, and compare.md", default="runs/bench_finetune"),
+                JSON)),
+        Target("convert", "time and peak memory of from-hf / to-hf on a random local model", "llm.bench.convert",
+               (_option("--preset", "model shape", choices=sorted(PRESETS), default="llama-1b"),
+                _option("--dtype", "checkpoint and params dtype", choices=("float32", "bfloat16"), default="float32"),
+                _option("--workdir", "where the model files go (default: a temporary directory, deleted after)"),
+                JSON)),
+    )
+}
+
+DEFAULT_TARGET = "train"  # `llm bench --config ...` with no target name

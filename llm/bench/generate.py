@@ -15,6 +15,7 @@ best possible rate is measured bandwidth / weight bytes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from llm.config.loading import load_config
 from llm.generate.generator import Generator
 from llm.model.build import init_params
 from llm.model.spec import ModelSpec, model_spec
@@ -219,7 +221,6 @@ def build_model(config: ml_collections.ConfigDict, seed: int = 0) -> tuple[Model
 def run_generate_bench(
     config: ml_collections.ConfigDict,
     vs_hf: bool,
-    json_path: str | None,
     *,
     prompt_len: int = PROMPT_LEN,
     new_tokens: int = NEW_TOKENS,
@@ -227,7 +228,7 @@ def run_generate_bench(
     repeats: int = 3,
     bandwidth_mb: int = 512,
 ) -> dict:
-    """Measure, print and (optionally) write the figures; returns them.
+    """Measure and print the figures; returns them.
 
     Top-level keys tokens_per_s / hf_tokens_per_s / speedup_vs_hf are for the largest batch,
     `*_b<batch>` keys for every batch.
@@ -240,6 +241,7 @@ def run_generate_bench(
     rng = np.random.default_rng(0)
     result: dict = {
         "config": {"family": spec.family, "d_model": spec.d_model, "n_layers": spec.n_layers, "vocab": spec.vocab_size},
+        "params": sum(int(x.size) for x in jax.tree_util.tree_leaves(params)),
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
         "device": jax.devices()[0].device_kind,
@@ -247,6 +249,8 @@ def run_generate_bench(
         "compute_dtype": jnp.dtype(spec.compute_dtype).name,
         "decode": "greedy, no stop token; tokens/s of the decode loop (prefill subtracted)",
     }
+    if hf_model is not None:
+        result["hf_params"] = sum(p.numel() for p in hf_model.parameters())
     for batch in batches:
         prompts = rng.integers(0, spec.vocab_size, (batch, prompt_len)).tolist()
         runs = {}
@@ -256,6 +260,8 @@ def run_generate_bench(
         best = interleaved(runs, repeats, skip=_hopeless)
         rate = lambda name: batch * (new_tokens - 1) / best[name][0]
         decode_s, total_s, ours = best["ours"]
+        result[f"decode_s_b{batch}"] = decode_s
+        result[f"tokens_b{batch}"] = sum(len(row) for row in ours)  # new tokens ours really produced
         result[f"tokens_per_s_b{batch}"] = rate("ours")
         result[f"e2e_tokens_per_s_b{batch}"] = batch * new_tokens / total_s
         result[f"first_call_s_b{batch}"] = first_call
@@ -263,6 +269,8 @@ def run_generate_bench(
             by_threads = {name[1]: rate(name) for name in best if name != "ours"}
             threads = max(by_threads, key=by_threads.get)
             result[f"hf_threads_b{batch}"] = threads
+            result[f"hf_decode_s_b{batch}"] = best[("hf", threads)][0]
+            result[f"hf_tokens_b{batch}"] = sum(len(row) for row in best[("hf", threads)][2])
             result[f"hf_tokens_per_s_by_threads_b{batch}"] = {str(t): v for t, v in by_threads.items()}
             result[f"hf_tokens_per_s_b{batch}"] = by_threads[threads]
             result[f"hf_e2e_tokens_per_s_b{batch}"] = batch * new_tokens / best[("hf", threads)][1]
@@ -283,7 +291,9 @@ def run_generate_bench(
         result["roofline_tokens_per_s_b1"] = bandwidth / bytes_per_step
         result["roofline_fraction_b1"] = result["tokens_per_s_b1"] / result["roofline_tokens_per_s_b1"]
     print(json.dumps(result, indent=2))
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The bench target (llm.bench.TARGETS["generate"])."""
+    return run_generate_bench(load_config(args.config, args.config_overrides), args.vs_hf)

@@ -43,7 +43,8 @@ def bench_hf_train(spec: ModelSpec, batch_size: int, seq_len: int, steps: int, w
 
 
 def _bench_hf_train(spec: ModelSpec, batch_size: int, seq_len: int, steps: int, warmup: int, seed: int, threads: int | None) -> dict:
-    """Time `steps` AdamW steps of the transformers model; returns tokens/s and step time."""
+    """Time `steps` AdamW steps of the transformers model: tokens/s, step time, and the batch
+    shape, parameter count and tokens it really ran."""
     import torch
     import transformers
 
@@ -80,7 +81,10 @@ def _bench_hf_train(spec: ModelSpec, batch_size: int, seq_len: int, steps: int, 
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     return {
-        "hf_tokens_per_s": steps * batch_size * seq_len / elapsed,
+        "hf_batch_shape": list(inputs.shape),
+        "hf_params": sum(p.numel() for p in model.parameters()),
+        "hf_tokens": steps * inputs.numel(),
+        "hf_tokens_per_s": steps * inputs.numel() / elapsed,
         "hf_step_time": elapsed / steps,
         "hf_dtype": "bfloat16 autocast" if cuda else "float32",
         "hf_threads": threads or 0,

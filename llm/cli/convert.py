@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import ml_collections
 
+from llm.cli.bench import add_target_parser
 from llm.errors import UserError
 
 SOURCE_HF_CONFIG = "hf_config.json"  # the imported model's config.json, kept for a faithful export
@@ -53,14 +53,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--max-shard-size", default="5GB", help="largest safetensors file, e.g. 5GB or 500MB")
     t.set_defaults(func=run_to_hf)
 
-    b = sub.add_parser("bench", help="time and peak memory of from-hf / to-hf on a random local model")
-    from llm.interop.benchmark import PRESETS
-
-    b.add_argument("--preset", choices=sorted(PRESETS), default="llama-1b")
-    b.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="checkpoint and params dtype")
-    b.add_argument("--workdir", help="where the model files go (default: a temporary directory, deleted after)")
-    b.add_argument("--json", help="also write the results to this file")
-    b.set_defaults(func=run_bench)
+    add_target_parser(sub, "convert", command="bench")  # the same benchmark as `llm bench convert`
 
 
 def _conversion_rules(base: ml_collections.ConfigDict):
@@ -141,19 +134,3 @@ def run_to_hf(args: argparse.Namespace) -> int:
     to_hf(args.checkpoint, args.out, args.dtype, args.model_type, args.max_shard_size, workdir=args.workdir)
     return 0
 
-
-def run_bench(args: argparse.Namespace) -> int:
-    from llm.interop.benchmark import run_benchmark
-
-    if args.config_overrides:
-        raise UserError(f"bench takes no --config.* overrides (got {args.config_overrides[0]!r})")
-    if args.workdir:
-        results = run_benchmark(args.preset, args.dtype, args.workdir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="llm-convert-bench-") as tmp:
-            results = run_benchmark(args.preset, args.dtype, tmp)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    return 0

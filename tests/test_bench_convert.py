@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from llm.cli.main import main
-from llm.interop.benchmark import PRESETS, measure, write_random_hf_checkpoint
+from llm.bench.convert import PRESETS, measure, write_random_hf_checkpoint
 
 
 def test_random_checkpoint_loads_in_transformers(tmp_path):

@@ -8,20 +8,22 @@ slice of the built-in text and measured, since tokenization is where real pipeli
 
 from __future__ import annotations
 
-import json
+import argparse
 import time
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
+from llm.config.loading import load_config
 from llm.data.pipeline import make_batches
 
 WARMUP_BATCHES = 3
 
 
 def measure(config: ml_collections.ConfigDict, min_seconds: float = 3.0, max_batches: int = 2000) -> dict[str, float]:
-    """Real (non-padding) tokens per second after a short warm-up, plus padding share."""
+    """Real tokens per second after a short warm-up, plus padding share. A real token is a
+    position holding a document's token (segment id > 0), whether or not it carries loss."""
     it = make_batches(config)
     try:
         for _ in range(WARMUP_BATCHES):
@@ -30,15 +32,16 @@ def measure(config: ml_collections.ConfigDict, min_seconds: float = 3.0, max_bat
         start = time.perf_counter()
         while batches < max_batches:
             b = next(it)
-            real += int(b["loss_mask"].sum())
-            slots += b["loss_mask"].size
+            real += int((b["segment_ids"] > 0).sum())
+            slots += b["segment_ids"].size
             batches += 1
             if time.perf_counter() - start >= min_seconds:
                 break
         seconds = time.perf_counter() - start
     finally:
         it.close()
-    return {"tokens_per_s": real / seconds, "batches_per_s": batches / seconds, "padding_fraction": 1 - real / slots, "batches": batches, "seconds": seconds}
+    return {"tokens_per_s": real / seconds, "batches_per_s": batches / seconds, "padding_fraction": 1 - real / slots,
+            "tokens": real, "slots": slots, "batches": batches, "seconds": seconds}
 
 
 def _bench_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -63,8 +66,8 @@ def _sentencepiece_config(config: ml_collections.ConfigDict, directory: Path) ->
     return sp, train_seconds
 
 
-def run_data_bench(config: ml_collections.ConfigDict, json_path: str | None = None, *, min_seconds: float = 3.0) -> dict[str, Any]:
-    """Measure and print the pipeline throughput; write the figures to `json_path` if given."""
+def run_data_bench(config: ml_collections.ConfigDict, *, min_seconds: float = 3.0) -> dict[str, Any]:
+    """Measure and print the pipeline throughput; returns the figures."""
     import tempfile
 
     bench = _bench_config(config)
@@ -91,7 +94,9 @@ def run_data_bench(config: ml_collections.ConfigDict, json_path: str | None = No
         f"padding {main['padding_fraction']:.1%}, batch {d.batch_size}x{d.seq_len}, workers {d.num_workers}"
     )
     print(line)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The bench target (llm.bench.TARGETS["data"])."""
+    return run_data_bench(load_config(args.config, args.config_overrides))

@@ -1,5 +1,6 @@
-"""Conversion benchmark: wall time and peak host memory (RSS) of `llm convert from-hf` and
-`llm convert to-hf` on a random-weight model written locally (no download).
+"""`llm bench convert` (also `llm convert bench`): wall time and peak host memory (RSS) of
+`llm convert from-hf` and `llm convert to-hf` on a random-weight model written locally (no
+download).
 
 Each conversion runs in a fresh child process; its peak RSS is the kernel's ru_maxrss for that
 child (os.wait4), which counts every resident page, including mapped file pages. The target is
@@ -10,6 +11,7 @@ small models can be judged by what they add above it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -21,31 +23,13 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from llm.bench.convert_presets import PRESETS
 from llm.interop.hf_config import hf_to_config
 from llm.interop.safetensors_io import TensorEntry, write_safetensors
 from llm.interop.weight_map import weight_rules
 from llm.model.spec import model_spec
 
 _DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
-
-
-def _llama(hidden, layers, heads, kv, ffn, vocab, tie, **extra) -> dict:
-    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": hidden,
-            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
-            "head_dim": hidden // heads, "intermediate_size": ffn, "vocab_size": vocab,
-            "tie_word_embeddings": tie, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
-            "rope_theta": 500000.0, "hidden_act": "silu", **extra}
-
-
-PRESETS = {
-    # The Llama 3.2 1B shape: 1.24B parameters, tied embeddings, GQA 32/8, Llama-3 RoPE scaling.
-    "llama-1b": _llama(2048, 16, 32, 8, 8192, 128256, True, max_position_embeddings=131072, rope_scaling={
-        "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192}),
-    # ~36M parameters (~140 MB in f32): big enough that memory behaviour shows above the runtime.
-    "small": _llama(512, 8, 8, 4, 2048, 4096, False),
-    "tiny": _llama(64, 2, 4, 2, 128, 300, False),
-}
 
 
 def _random_tensor(rng: np.random.Generator, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
@@ -138,3 +122,14 @@ def run_benchmark(preset: str, dtype: str, workdir: str | Path) -> dict:
         "exported_bytes": sum(f.stat().st_size for f in back.glob("*.safetensors")),
         "cpu_count": os.cpu_count(),
     }
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The bench target: measure in --workdir (kept) or a temporary directory; print the JSON."""
+    if args.workdir:
+        results = run_benchmark(args.preset, args.dtype, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="llm-convert-bench-") as tmp:
+            results = run_benchmark(args.preset, args.dtype, tmp)
+    print(json.dumps(results, indent=2))
+    return results

@@ -3,6 +3,7 @@ of one step) and how long a restore takes, on the config's real train state."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 import time
@@ -11,15 +12,17 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from llm.bench.train_bench import timed_steps
+from llm.bench.train import timed_steps
 from llm.checkpoint.manager import Checkpointer, abstract_like
+from llm.config.loading import load_config
 
 
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def run_checkpoint_bench(config: ml_collections.ConfigDict, steps: int, json_path: str | None) -> dict:
+def run_checkpoint_bench(config: ml_collections.ConfigDict, steps: int) -> dict:
+    """Time `steps` train steps, two async saves (the second is reported) and a restore."""
     setup, state, batch, metrics, elapsed = timed_steps(config, steps, warmup=1)
     step_time = elapsed / steps
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,6 +58,9 @@ def run_checkpoint_bench(config: ml_collections.ConfigDict, steps: int, json_pat
     print(f"step {step_time * 1e3:.0f} ms; async save blocked the loop {blocked[-1] * 1e3:.0f} ms "
           f"({100 * result['save_blocked_fraction_of_step']:.1f}% of a step); restore {restore_time:.2f} s; "
           f"checkpoint {size / 2**20:.0f} MiB")
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2))
     return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The bench target (llm.bench.TARGETS["checkpoint"])."""
+    return run_checkpoint_bench(load_config(args.config, args.config_overrides), args.steps)

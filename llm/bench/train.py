@@ -1,9 +1,12 @@
-"""`llm bench` (train): our train step's tokens/s, step time, MFU and peak memory, with the
-Hugging Face peer measured in the same run on the same shape."""
+"""`llm bench [train]`: our train step's tokens/s, step time, MFU and peak memory, with the
+Hugging Face peer measured in the same run on the same shape.
+
+Each side records what it really ran (parameter count, batch shape, tokens processed), so a
+reader and the tests can check that both sides measured the same work."""
 
 from __future__ import annotations
 
-import json
+import argparse
 import platform
 import resource
 import time
@@ -12,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from llm.config.loading import load_config
 from llm.train.flops import device_peak_flops, flops_per_token
 from llm.train.setup import build_setup
 
@@ -37,8 +41,8 @@ def peak_memory_bytes() -> tuple[int, str]:
 
 
 def timed_steps(config: ml_collections.ConfigDict, steps: int, warmup: int = 2):
-    """(setup, state, metrics, seconds for `steps` steps after `warmup` compiled ones) on one
-    synthetic batch, so only the train step is timed."""
+    """(setup, state, batch, metrics, seconds for `steps` steps after `warmup` compiled ones) on
+    one synthetic batch, so only the train step is timed."""
     setup, state = build_setup(config)
     batch = setup.shard_batch(synthetic_batch(setup.spec.vocab_size, config.data.batch_size, config.data.seq_len))
     for _ in range(warmup):
@@ -52,14 +56,19 @@ def timed_steps(config: ml_collections.ConfigDict, steps: int, warmup: int = 2):
 
 
 def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int = 2) -> dict:
-    setup, state, _, metrics, elapsed = timed_steps(config, steps, warmup)
+    """Our side: the figures, and the shape, parameter count and tokens it really ran."""
+    setup, state, batch, metrics, elapsed = timed_steps(config, steps, warmup)
     spec = setup.spec
-    batch_size, seq_len = config.data.batch_size, config.data.seq_len
+    batch_size, seq_len = batch["inputs"].shape
     memory, memory_source = peak_memory_bytes()
     peak, peak_source = device_peak_flops()
-    tokens_per_s = steps * batch_size * seq_len / elapsed
+    tokens = steps * batch["inputs"].size
     fpt = flops_per_token(spec, seq_len)
+    tokens_per_s = tokens / elapsed
     return {
+        "batch_shape": [batch_size, seq_len],
+        "params": sum(int(x.size) for x in jax.tree_util.tree_leaves(state.params)),
+        "tokens": tokens,
         "tokens_per_s": tokens_per_s,
         "step_time": elapsed / steps,
         "mfu": tokens_per_s * fpt / (peak * jax.device_count()) if peak else None,
@@ -72,7 +81,8 @@ def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int = 2) 
     }
 
 
-def run_train_bench(config: ml_collections.ConfigDict, steps: int, vs_hf: bool, json_path: str | None) -> dict:
+def run_train_bench(config: ml_collections.ConfigDict, steps: int, vs_hf: bool) -> dict:
+    """Measure and print our train step (and the HF peer's); returns the figures."""
     result = {
         "config": {"family": config.model.family, "d_model": config.model.d_model, "n_layers": config.model.n_layers,
                    "batch_size": config.data.batch_size, "seq_len": config.data.seq_len, "vocab_size": config.model.vocab_size},
@@ -91,7 +101,9 @@ def run_train_bench(config: ml_collections.ConfigDict, steps: int, vs_hf: bool, 
         print(f"hf:   {hf['hf_tokens_per_s']:.0f} tokens/s, {hf['hf_step_time'] * 1e3:.1f} ms/step "
               f"(transformers {hf['hf_transformers']}, torch {hf['hf_torch']}, {hf['hf_dtype']})")
         print(f"speedup vs hf: {result['speedup_vs_hf']:.2f}x")
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=2)
     return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The bench target (llm.bench.TARGETS["train"])."""
+    return run_train_bench(load_config(args.config, args.config_overrides), args.steps, args.vs_hf)

@@ -11,13 +11,13 @@ excluded). Benchmarks are not tests: nothing here asserts a speed.
 
 from __future__ import annotations
 
+import argparse
 import copy
-import json
 from pathlib import Path
 
 import ml_collections
 
-from llm.config.loading import apply_overrides
+from llm.config.loading import apply_overrides, load_config
 from llm.config.validate import validate_config
 from llm.errors import UserError
 from llm.finetune.cost import compare_table, read_cost
@@ -53,10 +53,9 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
-def run_finetune_bench(
-    config: ml_collections.ConfigDict, methods: list[str], steps: int, out: str | Path, json_path: str | None = None
-) -> str:
-    """One workdir per method under `out`, their table in out/compare.md (and JSON, if asked)."""
+def run_finetune_bench(config: ml_collections.ConfigDict, methods: list[str], steps: int, out: str | Path) -> dict:
+    """One workdir per method under `out`, their table printed and in out/compare.md; returns
+    {method: its cost report}."""
     if steps < 3:
         raise UserError(f"--steps {steps}: the fine-tuning bench needs at least 3 (the first step compiles)")
     out = Path(out)
@@ -67,6 +66,10 @@ def run_finetune_bench(
     table = compare_table(methods, reports)
     print(table)
     (out / "compare.md").write_text(table + "\n")
-    if json_path:
-        Path(json_path).write_text(json.dumps(dict(zip(methods, reports)), indent=2) + "\n")
-    return table
+    return dict(zip(methods, reports))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The bench target (llm.bench.TARGETS["finetune"])."""
+    methods = parse_methods(args.methods)
+    return run_finetune_bench(load_config(args.config, args.config_overrides), methods, args.steps, args.out)
