@@ -53,6 +53,7 @@ def run_checkpoint_bench(config: ml_collections.ConfigDict, steps: int) -> dict:
         "save_wait_after_one_step_s": background,
         "restore_s": restore_time,
         "checkpoint_bytes": size,
+        "state_bytes": sum(int(x.nbytes) for x in jax.tree_util.tree_leaves(state)),
         "machine": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
     }
     print(f"step {step_time * 1e3:.0f} ms; async save blocked the loop {blocked[-1] * 1e3:.0f} ms "
