@@ -11,9 +11,10 @@ import pytest
 
 from helpers import random_batch, tiny_config
 from llm.checkpoint.export import export_workdir
-from llm.checkpoint.manager import CheckpointMismatch, Checkpointer, abstract_like
+from llm.checkpoint.manager import CheckpointMismatch, Checkpointer
 from llm.checkpoint.params_io import load_params
 from llm.errors import UserError
+from llm.pytree import abstract_like
 from llm.train.loop import NonFiniteError, run_training
 from llm.train.setup import build_setup
 
@@ -123,7 +124,7 @@ def test_workdir_exports_to_hugging_face_with_matching_logits(tmp_path):
     from flax import nnx
 
     from llm.checkpoint.export import restore_params
-    from llm.cli.convert import to_hf
+    from llm.interop.convert import to_hf
     from llm.model.build import abstract_model
     from llm.model.spec import model_spec
     from llm.parallel.rules import AxisRules

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from llm.compile.aot import BATCH_FIELDS, abstract_setup, compile_step, parse_oom_bytes, per_device_bytes, topology_devices
+from llm.compile.aot import abstract_setup, compile_step, parse_oom_bytes, per_device_bytes, topology_devices
 from llm.config.loading import load_config
 from llm.finetune.tasks import partition_for_config
 from llm.model.spec import param_count
@@ -30,12 +30,6 @@ def require_libtpu():
         if os.environ.get("CI"):
             pytest.fail("CI must install the tpu extra (libtpu) for the llm compile tests")
         pytest.skip("libtpu is not installed: pip install -e '.[tpu]'")
-
-
-def test_batch_fields_match_the_data_pipeline():
-    from llm.data.pipeline import BATCH_KEYS
-
-    assert set(BATCH_FIELDS) == set(BATCH_KEYS)
 
 
 @pytest.mark.slow

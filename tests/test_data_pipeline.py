@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from llm.config.loading import load_config
-from llm.data.pipeline import BATCH_KEYS, make_batches
+from llm.data.batch import BATCH_KEYS
+from llm.data.pipeline import make_batches
 from llm.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,9 @@ import jax
 import ml_collections
 
 from llm.bench.train import timed_steps
-from llm.checkpoint.manager import Checkpointer, abstract_like
+from llm.checkpoint.manager import Checkpointer
 from llm.config.loading import load_config
+from llm.pytree import abstract_like
 
 
 def _dir_bytes(path: Path) -> int:

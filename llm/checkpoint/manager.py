@@ -154,8 +154,3 @@ class Checkpointer:
         if steps:
             raise UserError(f"every checkpoint in {self.directory} is damaged ({steps}); remove them or use a new --workdir")
         return None
-
-
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStructs carrying each leaf's sharding: the restore target."""
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

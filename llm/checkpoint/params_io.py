@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 
 from llm.config.base import base_config
 from llm.errors import UserError
+from llm.pytree import with_shardings
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
@@ -227,9 +228,7 @@ def load_params(directory: str | Path, shardings: Any = None) -> tuple[ml_collec
             f"params in {str(directory)!r} do not match the model: missing {missing[:3]}, unexpected {extra[:3]}; "
             "use the config stored with the checkpoint"
         )
-    target = jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
-    )
+    target = with_shardings(shapes, shardings)
     restored: dict = {}
     for group in _restore_groups(target):
         try:

@@ -11,16 +11,10 @@ and training's init_from read.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
-
-import ml_collections
 
 from llm.cli.bench import add_target_parser
 from llm.errors import UserError
-
-SOURCE_HF_CONFIG = "hf_config.json"  # the imported model's config.json, kept for a faithful export
 
 
 def add_parser(subparsers) -> None:
@@ -56,81 +50,29 @@ def add_parser(subparsers) -> None:
     add_target_parser(sub, "convert", command="bench")  # the same benchmark as `llm bench convert`
 
 
-def _conversion_rules(base: ml_collections.ConfigDict):
-    """A fully sharded (fsdp over every device) mesh: a conversion keeps one copy of the weights
-    spread over the devices instead of one per device."""
-    from llm.parallel.mesh import build_mesh
-    from llm.parallel.rules import AxisRules
-
-    mesh_cfg = ml_collections.ConfigDict(base.mesh.to_dict())
-    mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor = 1, -1, 1
-    return AxisRules.from_config(base.mesh.rules, build_mesh(mesh_cfg))
-
-
-def from_hf(src: str | Path, out: str | Path, base: ml_collections.ConfigDict | None = None,
-            overrides: list[str] | tuple = (), rules=None) -> Path:
-    """Import `src` and save it as a params checkpoint in `out`; returns `out`."""
-    from llm.checkpoint.params_io import TOKENIZER_DIR, save_params
-    from llm.interop.hf_config import read_hf_config
-    from llm.interop.hf_import import load_hf_checkpoint, tokenizer_source
-    from llm.model.build import count_params
-
-    out = Path(out).absolute()
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {str(out)!r} is not empty; choose a new directory")
-    start = time.perf_counter()
-    config, _, params = load_hf_checkpoint(src, rules=rules, base=base, overrides=overrides)
-    tok = tokenizer_source(src)
-    if tok is not None:
-        config.data.tokenizer = str(out / TOKENIZER_DIR)
-    save_params(out, params, config, tokenizer_dir=tok)
-    (out / SOURCE_HF_CONFIG).write_text(json.dumps(read_hf_config(src), indent=2) + "\n")
-    print(
-        f"imported {config.model.family} ({count_params(params) / 1e6:.1f}M params incl. vocab padding, "
-        f"{config.precision.params}) from {src} -> {out} in {time.perf_counter() - start:.1f} s"
-    )
-    return out
-
-
 def run_from_hf(args: argparse.Namespace) -> int:
     from llm.config.base import base_config
     from llm.config.loading import load_config_file
+    from llm.interop.convert import conversion_rules, from_hf
 
     overrides = list(args.config_overrides)
     base = load_config_file(args.config) if args.config else None
     mesh_chosen = bool(args.config) or any(o.startswith("mesh.") for o in overrides)
-    from_hf(args.src, args.out, base, overrides, rules=None if mesh_chosen else _conversion_rules(base or base_config()))
-    return 0
-
-
-def to_hf(checkpoint: str | Path | None, out: str | Path, dtype: str | None = None, model_type: str | None = None,
-          max_shard_size: str = "5GB", workdir: str | Path | None = None) -> Path:
-    """Export a params checkpoint directory (or a workdir's latest checkpoint) as a Hugging Face model."""
-    from llm.checkpoint.export import restore_params
-    from llm.checkpoint.params_io import TOKENIZER_DIR, load_params
-    from llm.interop.hf_export import export_hf, parse_size
-
-    max_bytes = parse_size(max_shard_size)
     start = time.perf_counter()
-    if workdir is not None:
-        checkpoint = Path(workdir)
-        config, params, _ = restore_params(workdir)
-    else:
-        checkpoint = Path(checkpoint)
-        config, params = load_params(checkpoint)
-    source = checkpoint / SOURCE_HF_CONFIG
-    tokenizer = checkpoint / TOKENIZER_DIR
-    export_hf(
-        config, params, out, tokenizer if tokenizer.is_dir() else None, dtype=dtype, model_type=model_type,
-        source_hf_config=json.loads(source.read_text()) if source.is_file() else None, max_shard_bytes=max_bytes,
+    done = from_hf(args.src, args.out, base, overrides, rules=None if mesh_chosen else conversion_rules(base or base_config()))
+    print(
+        f"imported {done.config.model.family} ({done.n_params / 1e6:.1f}M params incl. vocab padding, "
+        f"{done.config.precision.params}) from {args.src} -> {done.out} in {time.perf_counter() - start:.1f} s"
     )
-    print(f"exported {checkpoint} -> {out} in {time.perf_counter() - start:.1f} s")
-    return Path(out)
+    return 0
 
 
 def run_to_hf(args: argparse.Namespace) -> int:
+    from llm.interop.convert import to_hf
+
     if args.config_overrides:
         raise UserError(f"to-hf takes no --config.* overrides (got {args.config_overrides[0]!r}); the checkpoint's config is used")
-    to_hf(args.checkpoint, args.out, args.dtype, args.model_type, args.max_shard_size, workdir=args.workdir)
+    start = time.perf_counter()
+    out = to_hf(args.checkpoint, args.out, args.dtype, args.model_type, args.max_shard_size, workdir=args.workdir)
+    print(f"exported {args.workdir or args.checkpoint} -> {out} in {time.perf_counter() - start:.1f} s")
     return 0
-

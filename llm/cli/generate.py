@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+from llm.data.jsonl import read_jsonl
 from llm.errors import UserError
 
 
@@ -72,21 +73,10 @@ def _encode(tokenizer, config, text: str, where: str) -> list[int]:
 
 
 def _read_jsonl(path: str, chat: bool, limit: int) -> list[dict]:
-    file = Path(path)
-    if not file.is_file():
+    if not Path(path).is_file():
         raise UserError(f"--input {path!r} does not exist; pass a JSONL file of {{\"prompt\": ...}} lines")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"--input {path!r} is not UTF-8 (byte {err.start}); re-encode it as UTF-8") from None
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"line {n} of {path} is not JSON ({err.msg}); write one object per line") from None
+    for n, row in read_jsonl(path, "--input"):
         has_prompt = isinstance(row, dict) and isinstance(row.get("prompt"), str)
         has_messages = chat and isinstance(row, dict) and isinstance(row.get("messages"), list)
         if not (has_prompt or has_messages):

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from llm.compile.analysis import compiled_figures
+from llm.data.batch import abstract_batch
 from llm.errors import UserError
 from llm.model.build import abstract_model, param_shardings
 from llm.model.spec import ModelSpec, model_spec
@@ -30,20 +32,12 @@ from llm.parallel.distributed import count_tpu_chips
 from llm.parallel.mesh import build_mesh
 from llm.parallel.rules import AxisRules
 from llm.parallel.topology import TpuTopology
+from llm.pytree import with_shardings
 from llm.train.loss import lm_loss_fn
 from llm.train.optimizer import build_optimizer
 from llm.train.partition import Partition
 from llm.train.setup import check_batch, jit_train_step, opt_state_shardings
 from llm.train.step import TrainState
-
-# What the data pipeline yields per step (llm.data.pipeline.BATCH_KEYS); a test keeps them equal.
-BATCH_FIELDS = {
-    "inputs": jnp.int32,
-    "targets": jnp.int32,
-    "segment_ids": jnp.int32,
-    "positions": jnp.int32,
-    "loss_mask": jnp.float32,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +53,6 @@ class AbstractSetup:
     frozen: Any = dataclasses.field(default_factory=dict)  # the partition's frozen part ({} without one)
 
 
-def _with_shardings(tree: Any, shardings: Any) -> Any:
-    return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
-
-
 def abstract_setup(config: ml_collections.ConfigDict, devices: list, partition: Partition | None = None) -> AbstractSetup:
     """Mirror of build_setup (build_partitioned_setup with a partition) with abstract state,
     frozen part and batch (see the module docstring)."""
@@ -71,7 +61,7 @@ def abstract_setup(config: ml_collections.ConfigDict, devices: list, partition: 
     check_batch(config, mesh, rules)
     spec = model_spec(config, vocab_shards=rules.shards("vocab"), platform=mesh.devices.flat[0].platform)
     graphdef, abstract = abstract_model(spec, rules, config.train.seed)
-    params = _with_shardings(abstract.to_pure_dict(), param_shardings(abstract, spec, rules))
+    params = with_shardings(abstract.to_pure_dict(), param_shardings(abstract, spec, rules))
     frozen: Any = {}
     loss_fn = lm_loss_fn(graphdef, config.train.z_loss)
     if partition is not None:
@@ -81,12 +71,11 @@ def abstract_setup(config: ml_collections.ConfigDict, devices: list, partition: 
     optimizer, schedule = build_optimizer(config.optim, config.train.steps, config.precision.optimizer_state)
     replicated = NamedSharding(mesh, PartitionSpec())
     o_shardings = opt_state_shardings(optimizer, params, p_shardings, replicated)
-    opt_state = _with_shardings(jax.eval_shape(optimizer.init, params), o_shardings)
+    opt_state = with_shardings(jax.eval_shape(optimizer.init, params), o_shardings)
     state = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params, opt_state)
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     batch_sharding = rules.sharding(("batch", "length"))
-    shape = (config.data.batch_size, config.data.seq_len)
-    batch = {k: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sharding) for k, dt in BATCH_FIELDS.items()}
+    batch = abstract_batch(config.data.batch_size, config.data.seq_len, batch_sharding)
     train_step = jit_train_step(config, loss_fn, optimizer, schedule, state_shardings, batch_sharding)
     return AbstractSetup(mesh, rules, spec, state, batch, train_step, frozen)
 
@@ -149,14 +138,9 @@ def compile_step(setup: AbstractSetup) -> StepCompilation:
         return StepCompilation(
             params_bytes, opt_bytes, batch_bytes, temp, total, None, None, lowered.as_text(), True, reason, frozen_bytes
         )
-    mem = compiled.memory_analysis()
-    total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
-    peak = getattr(mem, "peak_memory_in_bytes", None)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost["flops"]) if cost and "flops" in cost else None
+    f = compiled_figures(compiled)
     return StepCompilation(
-        params_bytes, opt_bytes, batch_bytes, mem.temp_size_in_bytes, total, peak, flops, compiled.as_text(), False,
+        params_bytes, opt_bytes, batch_bytes, f.temp_bytes, f.total_bytes, f.peak_bytes, f.flops, compiled.as_text(), False,
         frozen_bytes=frozen_bytes,
     )
 

@@ -17,6 +17,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from llm.data.batch import as_batch
 from llm.data.encode import Encoded, PretrainEncoder
 from llm.data.mixture import mixture_sources, parse_mixture
 from llm.data.sources import BadRecord
@@ -27,7 +28,6 @@ from llm.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
-BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 _FEATURES = ("inputs", "targets", "weights")
 STATE_VERSION = 1
 
@@ -163,14 +163,14 @@ class _Chunk(grain.experimental.FlatMapTransform):
 
 def _finish(packed: dict) -> dict:
     """Grain's packed features -> the batch contract (int32 ids, float32 loss mask)."""
-    segment_ids = packed["inputs_segment_ids"].astype(np.int32)
-    return {
-        "inputs": packed["inputs"].astype(np.int32),
-        "targets": packed["targets"].astype(np.int32),
+    segment_ids = packed["inputs_segment_ids"]
+    return as_batch({
+        "inputs": packed["inputs"],
+        "targets": packed["targets"],
         "segment_ids": segment_ids,
-        "positions": packed["inputs_positions"].astype(np.int32),
-        "loss_mask": (packed["weights"] * (segment_ids > 0)).astype(np.float32),
-    }
+        "positions": packed["inputs_positions"],
+        "loss_mask": packed["weights"] * (segment_ids > 0),
+    })
 
 
 def _absl_flags_ready() -> None:
@@ -226,13 +226,13 @@ def synthetic_dataset(config: ml_collections.ConfigDict, rows: int, process_inde
 
     def row(index: int) -> dict:
         tokens = np.random.default_rng([seed, index]).integers(0, vocab, seq_len + 1, dtype=np.int32)
-        return {
+        return as_batch({
             "inputs": tokens[:-1],
             "targets": tokens[1:],
-            "segment_ids": np.ones(seq_len, np.int32),
-            "positions": np.arange(seq_len, dtype=np.int32),
-            "loss_mask": np.ones(seq_len, np.float32),
-        }
+            "segment_ids": np.ones(seq_len),
+            "positions": np.arange(seq_len),
+            "loss_mask": np.ones(seq_len),
+        })
 
     ds = grain.MapDataset.range(np.iinfo(np.int64).max // 2)[process_index::process_count].map(row)
     return ds.batch(rows, drop_remainder=True).to_iter_dataset()

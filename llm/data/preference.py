@@ -11,6 +11,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from llm.data.batch import empty_batch
 from llm.data.encode import Encoded
 from llm.data.formats import EncodedPair, PreferenceEncoder, chat_template
 from llm.data.pipeline import DataIterator, iterator_meta, build_tokenizer, check_batching, encoded_stream
@@ -23,13 +24,7 @@ def pad_side(encoded: Encoded, seq_len: int) -> dict[str, np.ndarray]:
     """One conversation as a padded row; tokens beyond seq_len+1 are cut (long_documents=truncate)."""
     tokens, weights = encoded.tokens[: seq_len + 1], encoded.weights[: seq_len + 1]
     n = len(tokens) - 1
-    row = {
-        "inputs": np.zeros(seq_len, np.int32),
-        "targets": np.zeros(seq_len, np.int32),
-        "segment_ids": np.zeros(seq_len, np.int32),
-        "positions": np.zeros(seq_len, np.int32),
-        "loss_mask": np.zeros(seq_len, np.float32),
-    }
+    row = empty_batch((seq_len,))
     row["inputs"][:n] = tokens[:-1]
     row["targets"][:n] = tokens[1:]
     row["segment_ids"][:n] = 1

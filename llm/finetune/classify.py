@@ -24,7 +24,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from llm.config.validate import validate_config
+from llm.data.batch import empty_batch
 from llm.data.builtin import manifest_file, manifest_path_for
+from llm.data.jsonl import read_jsonl
 from llm.data.pipeline import build_tokenizer
 from llm.data.split import is_validation
 from llm.errors import ConfigError, UserError
@@ -40,16 +42,7 @@ STATE_VERSION = 1
 
 
 def _read_jsonl(paths: list[str]) -> list[dict]:
-    records = []
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise UserError(f"{path}:{n} is not JSON ({err.msg}); fix the line") from None
-    return records
+    return [record for path in paths for _, record in read_jsonl(path)]
 
 
 def read_split(config: ml_collections.ConfigDict, split: str) -> list[dict]:
@@ -111,13 +104,9 @@ def encode_examples(config: ml_collections.ConfigDict, records: list[dict], n_la
 def make_rows(tokens: list[np.ndarray], labels: np.ndarray, indices: np.ndarray, seq_len: int, pad_id: int) -> dict:
     """A batch in the pipeline's format; index -1 is an empty row (no loss)."""
     n = len(indices)
-    batch = {
-        "inputs": np.full((n, seq_len), pad_id, np.int32),
-        "targets": np.zeros((n, seq_len), np.int32),
-        "segment_ids": np.zeros((n, seq_len), np.int32),
-        "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (n, seq_len)).copy(),
-        "loss_mask": np.zeros((n, seq_len), np.float32),
-    }
+    batch = empty_batch((n, seq_len))
+    batch["inputs"][:] = pad_id
+    batch["positions"][:] = np.arange(seq_len)
     for row, i in enumerate(indices):
         if i < 0:
             continue

@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 
+from llm.compile.analysis import compiled_figures
+from llm.data.batch import abstract_batch
 from llm.errors import UserError
 from llm.peft.quant import QTensor, quantized_bytes
+from llm.pytree import abstract_like
 from llm.train.flops import partitioned_flops_per_token
+from llm.train.metrics import read_metrics
 
 COST_FILE = "cost.json"
-BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "segment_ids": jnp.int32, "positions": jnp.int32, "loss_mask": jnp.float32}
 
 
 def count(tree: Any) -> int:
@@ -33,21 +35,14 @@ def count(tree: Any) -> int:
 
 def step_analysis(setup, state, frozen) -> dict:
     """XLA's flops and memory for one train step, from the jitted step lowered on abstract inputs."""
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    shape = (setup.config.data.batch_size, setup.config.data.seq_len)
-    batch = {k: jax.ShapeDtypeStruct(shape, dt, sharding=setup.batch_sharding) for k, dt in BATCH_DTYPES.items()}
-    compiled = setup.train_step.lower(abstract, batch, frozen).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    out = {"step_flops": float(cost.get("flops", float("nan"))) if cost else float("nan")}
-    memory = compiled.memory_analysis()
-    if memory is not None:
-        total = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes + memory.temp_size_in_bytes
-        peak = int(getattr(memory, "peak_memory_in_bytes", 0) or 0)
+    batch = abstract_batch(setup.config.data.batch_size, setup.config.data.seq_len, setup.batch_sharding)
+    figures = compiled_figures(setup.train_step.lower(abstract_like(state), batch, frozen).compile())
+    out = {"step_flops": float("nan") if figures.flops is None else figures.flops}
+    if figures.total_bytes is not None:
         out.update(
-            peak_memory_bytes=int(max(peak, total)),
-            temp_bytes=int(memory.temp_size_in_bytes),
-            argument_bytes=int(memory.argument_size_in_bytes),
+            peak_memory_bytes=max(figures.peak_bytes or 0, figures.total_bytes),
+            temp_bytes=figures.temp_bytes,
+            argument_bytes=figures.argument_bytes,
         )
     return out
 
@@ -59,8 +54,7 @@ def from_metrics(workdir: str | Path) -> dict:
     out: dict = {}
     if not path.is_file():
         return out
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
+    for record in read_metrics(path):
         if record.get("eval_loss") is not None:
             out["start_eval_loss" if record.get("step") == 0 else "eval_loss"] = record["eval_loss"]
         for key in ("tokens_per_s", "step_time"):

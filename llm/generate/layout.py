@@ -20,7 +20,7 @@ from flax import nnx
 
 from llm.generate import panel_matmul
 from llm.model.layers import kernel_input_dims
-from llm.peft.spec import key_name, path_str
+from llm.pytree import key_name, path_str
 
 
 def _packable(leaf: Any) -> bool:

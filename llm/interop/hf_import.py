@@ -26,6 +26,7 @@ from llm.model.build import abstract_model, param_shardings
 from llm.model.spec import ModelSpec, model_spec
 from llm.parallel.mesh import build_mesh
 from llm.parallel.rules import AxisRules
+from llm.pytree import path_str
 
 log = logging.getLogger("llm")
 _COLLECT_BYTES = 32 * 2**20
@@ -91,8 +92,7 @@ def _read(reader: SafetensorsReader, rule: Rule, dtype) -> tuple[np.ndarray, ...
 
 def _check_shape(path: tuple, array: np.ndarray, expected: tuple) -> None:
     if tuple(array.shape) != tuple(expected):
-        name = "/".join(map(str, path))
-        raise UserError(f"param {name}: the checkpoint gives shape {array.shape}, the model expects {tuple(expected)}")
+        raise UserError(f"param {path_str(path)}: the checkpoint gives shape {array.shape}, the model expects {tuple(expected)}")
 
 
 def _import_one(reader: SafetensorsReader, rule: Rule, shardings: Any, shapes: Any, params: dict) -> None:

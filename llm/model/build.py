@@ -13,6 +13,7 @@ from llm.errors import ConfigError
 from llm.model.decoder import Decoder
 from llm.model.spec import ModelSpec
 from llm.parallel.rules import AxisRules
+from llm.pytree import path_str
 
 
 def abstract_model(spec: ModelSpec, rules: AxisRules, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
@@ -27,8 +28,7 @@ def logical_axes_tree(abstract_state: nnx.State, n_layers: int, scanned: bool) -
     def axes_of(path, variable):
         axes = variable.get_metadata().get("logical_axes")
         if axes is None:
-            name = "/".join(str(p.key if hasattr(p, "key") else p) for p in path)
-            raise ConfigError(f"parameter {name} has no logical axes; annotate it with llm.model.layers.param")
+            raise ConfigError(f"parameter {path_str(path)} has no logical axes; annotate it with llm.model.layers.param")
         if variable.get_value().ndim == len(axes) + 1 and scanned:
             axes = ("layers", *axes)
         return axes

@@ -28,7 +28,8 @@ from llm.model.layers import Dense
 from llm.model.spec import ModelSpec
 from llm.peft.adapters_io import unscanned_path, attach_adapters, flat_adapters
 from llm.peft.lora import LoraInfo
-from llm.peft.spec import PeftSpec, path_str
+from llm.peft.spec import PeftSpec
+from llm.pytree import path_str
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"

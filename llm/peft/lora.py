@@ -23,7 +23,8 @@ from flax import nnx
 from llm.errors import UserError
 from llm.model.layers import Dense
 from llm.peft.abstract import is_abstract
-from llm.peft.spec import PeftSpec, get_path, path_str, set_path
+from llm.peft.spec import PeftSpec, get_path, set_path
+from llm.pytree import path_keys, path_str
 
 ADAPTER_KEYS = ("lora_a", "lora_b")
 
@@ -199,7 +200,7 @@ def unmerge(params: Any) -> tuple[dict, dict]:
     of W wherever dW is comparable in size."""
     base, adapters = {}, {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(params, is_leaf=_is_quantized):
-        keys = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+        keys = path_keys(path)
         set_path(adapters if keys[-1] in ADAPTER_KEYS else base, keys, leaf)
     return base, adapters
 

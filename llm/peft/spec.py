@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Iterable
+from typing import Any
 
 import jax
 import ml_collections
 
 from llm.errors import ConfigError
+from llm.pytree import path_str
 
 TARGET_PRESETS = {
     "attention": r"attn/(q|k|v|o)/kernel$",
@@ -74,15 +75,6 @@ def peft_spec(config: ml_collections.ConfigDict) -> PeftSpec:
         quant_block=int(p.quant_block),
         freeze=tuple(p.freeze),
     )
-
-
-def key_name(key: Any) -> str:
-    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
-
-
-def path_str(path: Iterable[Any]) -> str:
-    """("blocks", 0, "attn") or jax key paths -> "blocks/0/attn"."""
-    return "/".join(key_name(k) for k in path)
 
 
 def leaf_paths(tree: Any) -> list[str]:

@@ -21,7 +21,8 @@ from llm.model.layers import kernel_input_dims
 from llm.peft.abstract import call, is_abstract
 from llm.peft.lora import abstract_module, add_lora, merge_trees, unmerge
 from llm.peft.quant import QTensor, can_quantize, quantize
-from llm.peft.spec import PeftSpec, path_str, set_path
+from llm.peft.spec import PeftSpec, set_path
+from llm.pytree import path_keys, path_str
 
 log = logging.getLogger("llm")
 
@@ -29,10 +30,6 @@ log = logging.getLogger("llm")
 def combine(trainable: Any, frozen: Any) -> dict:
     """The full tree the graphdef merges with (trainable and frozen leaves are disjoint)."""
     return merge_trees(trainable, frozen)
-
-
-def _keys(path) -> tuple:
-    return tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
 
 
 def _quant_shardings(leaf: jax.Array, lead: int, n_in: int, fmt: str, block: int) -> Any:
@@ -74,8 +71,8 @@ def quantize_base(base: dict, module: nnx.Module, fmt: str, block: int) -> dict:
     kept = []
     leaves = jax.tree_util.tree_leaves_with_path(base, is_leaf=lambda x: isinstance(x, QTensor))
     for path, leaf in leaves:
-        name = path_str(_keys(path))
-        lead = 1 if scanned and _keys(path)[0] == "blocks" else 0
+        name = path_str(path)
+        lead = 1 if scanned and path_keys(path)[0] == "blocks" else 0
         n_in = n_ins.get(name, 1)
         if isinstance(leaf, QTensor):
             continue
@@ -85,7 +82,7 @@ def quantize_base(base: dict, module: nnx.Module, fmt: str, block: int) -> dict:
             kept.append(name)
     if kept:
         log.warning("peft.quantize: %d matrices stay unquantized (input size not a multiple of %d): %s", len(kept), block, ", ".join(kept[:4]))
-    picked = {path_str(_keys(p)): leaf for p, leaf in leaves if path_str(_keys(p)) in plan}
+    picked = {path_str(p): leaf for p, leaf in leaves if path_str(p) in plan}
     shardings = {name: _quant_shardings(leaf, *plan[name], fmt, block) for name, leaf in picked.items()}
     if any(s is None for s in shardings.values()):
         shardings = None
@@ -95,7 +92,7 @@ def quantize_base(base: dict, module: nnx.Module, fmt: str, block: int) -> dict:
     quantized = call(quantize_all, picked, abstract=is_abstract(picked))
     out: dict = {}
     for path, leaf in leaves:
-        keys = _keys(path)
+        keys = path_keys(path)
         set_path(out, keys, quantized.get(path_str(keys), leaf))
     return out
 
@@ -103,7 +100,7 @@ def quantize_base(base: dict, module: nnx.Module, fmt: str, block: int) -> dict:
 def freeze_mask(params: Any, patterns: tuple[str, ...]) -> dict[str, bool]:
     """Leaf path -> frozen, for full fine-tuning with `peft.freeze` regexes."""
     compiled = [re.compile(p) for p in patterns]
-    paths = [path_str(_keys(p)) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     for pattern in compiled:
         if not any(pattern.search(p) for p in paths):
             raise UserError(
@@ -125,7 +122,7 @@ def split_params(
         mask = freeze_mask(params, spec.freeze)
         trainable, frozen = {}, {}
         for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-            keys = _keys(path)
+            keys = path_keys(path)
             set_path(frozen if mask[path_str(keys)] else trainable, keys, leaf)
     if extra_trainable:
         trainable = merge_trees(trainable, extra_trainable)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from llm.model.spec import ModelSpec, non_embedding_params
+from llm.pytree import path_keys
 
 # Dense bf16 peaks per chip, FLOP/s.
 ACCELERATOR_PEAKS = {
@@ -39,10 +40,6 @@ def _has_shape(x: Any) -> bool:
     return hasattr(x, "shape") and not isinstance(x, dict)
 
 
-def _key(k: Any) -> Any:
-    return getattr(k, "key", getattr(k, "idx", k))
-
-
 def partitioned_flops_per_token(spec: ModelSpec, seq_len: int, trainable: Any, frozen: Any, lm_head: bool = True) -> float:
     """Training FLOPs per token when only `trainable` is trained (LoRA, frozen layers), by the
     terms of flops_per_token: the forward pass costs 2 per parameter, input gradients 2 per
@@ -61,7 +58,7 @@ def partitioned_flops_per_token(spec: ModelSpec, seq_len: int, trainable: Any, f
         forward[head] = 2.0 * d * spec.vocab_size
     for is_trained, tree in ((True, trainable), (False, frozen)):
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree, is_leaf=_has_shape):
-            keys = [_key(k) for k in path]
+            keys = path_keys(path)
             size = float(math.prod(leaf.shape))
             if keys[0] in ("embed", "pos_embed", "head"):
                 tied_head = keys[0] == "embed" and spec.tie_embeddings

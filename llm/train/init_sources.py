@@ -43,7 +43,7 @@ def _from_workdir(path: Path, setup, params: Any) -> tuple[Any, str]:
     _check_model(ckpt.read_metadata(step).get("config", {}).get("model", {}), setup.config, f"{path}/checkpoints/{step}")
     import orbax.checkpoint as ocp
 
-    from llm.checkpoint.manager import abstract_like
+    from llm.pytree import abstract_like
 
     restored = ckpt.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(

@@ -20,9 +20,10 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from llm.checkpoint.manager import Checkpointer, abstract_like
+from llm.checkpoint.manager import Checkpointer
 from llm.errors import UserError
 from llm.parallel.distributed import initialize as initialize_distributed
+from llm.pytree import abstract_like
 from llm.train.init_sources import init_params_hook
 from llm.train.flops import device_peak_flops, flops_per_token
 from llm.train.metrics import MetricsLog, plot_loss_curve

@@ -23,6 +23,7 @@ from llm.model.build import init_params
 from llm.model.spec import ModelSpec, model_spec
 from llm.parallel.mesh import build_mesh
 from llm.parallel.rules import AxisRules
+from llm.pytree import abstract_like
 from llm.train.loss import lm_loss_fn
 from llm.train.optimizer import build_optimizer
 from llm.train.partition import Partition
@@ -179,7 +180,7 @@ def build_partitioned_setup(
     (the loop replaces both when it loads the start weights)."""
     mesh, rules, spec = _mesh_rules_spec(config, devices)
     base_graphdef, full, _ = init_params(spec, rules, config.train.seed)
-    base_params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), full)
+    base_params = abstract_like(full)
     graphdef, trainable, frozen = partition.apply(base_graphdef, full)
     del full
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, trainable)
