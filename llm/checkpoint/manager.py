@@ -70,7 +70,7 @@ class Checkpointer:
         }
         if data_state is not None:
             if jax.process_count() > 1:  # Orbax writes JSON from process 0 only: save every process's
-                from llm.parallel.distributed import allgather_json
+                from llm.parallel.multihost import allgather_json
 
                 data_state = {"per_process": allgather_json(data_state)}
             args["data"] = ocp.args.JsonSave(data_state)

@@ -28,7 +28,7 @@ from llm.data.batch import abstract_batch
 from llm.errors import UserError
 from llm.model.build import abstract_model, param_shardings
 from llm.model.spec import ModelSpec, model_spec
-from llm.parallel.distributed import count_tpu_chips
+from llm.parallel.plan import count_tpu_chips
 from llm.parallel.mesh import build_mesh
 from llm.parallel.rules import AxisRules
 from llm.parallel.topology import TpuTopology

@@ -22,6 +22,7 @@ from llm.errors import ConfigError
 from llm.model.build import init_params
 from llm.model.spec import ModelSpec, model_spec
 from llm.parallel.mesh import build_mesh
+from llm.parallel.multihost import check_process_rows
 from llm.parallel.rules import AxisRules
 from llm.pytree import abstract_like
 from llm.train.loss import lm_loss_fn
@@ -89,9 +90,10 @@ def precision_summary(config: ml_collections.ConfigDict, spec: ModelSpec) -> str
 
 
 def _mesh_rules_spec(config: ml_collections.ConfigDict, devices: list | None) -> tuple[Mesh, AxisRules, ModelSpec]:
-    mesh = build_mesh(config.mesh, devices)
+    mesh = build_mesh(config.mesh, devices)  # over the job's devices unless given: job-shaped errors
     rules = AxisRules.from_config(config.mesh.rules, mesh)
     check_batch(config, mesh, rules)
+    check_process_rows(rules.sharding(("batch", "length")), (config.data.batch_size, config.data.seq_len))
     spec = model_spec(config, vocab_shards=rules.shards("vocab"), platform=mesh.devices.flat[0].platform)
     if spec.padded_vocab != spec.vocab_size:
         log.info(
