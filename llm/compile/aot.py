@@ -180,7 +180,7 @@ def topology_devices(topology: TpuTopology) -> list:
 
     try:
         with _quiet_libtpu(topology):
-            return list(topologies.get_topology_desc(topology.topology, "tpu").devices)
+            return list(topologies.get_topology_desc(topology.topology, "tpu", **topology.topology_kwargs).devices)
     except RuntimeError as err:
         if "not installed" in str(err) or "TPU support" in str(err):
             raise UserError(

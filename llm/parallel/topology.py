@@ -13,6 +13,7 @@ import math
 import re
 
 from llm.errors import UserError
+from llm.parallel.accelerators import peak_flops
 
 GIB = 1024**3
 
@@ -24,17 +25,24 @@ class Generation:
     cores_per_chip: int  # how many units of the slice name make one chip (one JAX device)
     dims: int  # 2D torus (v5e, v6e) or 3D (v5p)
     hbm_bytes: int  # usable per chip: what the TPU compiler allows (a little under the physical size)
-    peak_flops: float  # dense bf16 FLOP/s per chip
+    device_kind: str  # what jax.Device.device_kind says for this chip
     sizes: tuple[int, ...]  # valid numbers in the slice name
+
+    @property
+    def peak_flops(self) -> float:
+        """Dense bf16 FLOP/s per chip (llm.parallel.accelerators)."""
+        peak = peak_flops(self.device_kind)
+        assert peak is not None, self.device_kind  # every generation here has a row there
+        return peak
 
 
 # Usable HBM as libtpu's compiler reports it ("exceeds available HBM (95.74G)"); 1G = 2**30.
 GENERATIONS = {
     g.name: g
     for g in (
-        Generation("v5p", "v5p", 2, 3, int(95.74 * GIB), 459e12, tuple(2**k for k in range(3, 14))),
-        Generation("v5e", "v5e", 1, 2, int(15.75 * GIB), 197e12, (1, 4, 8, 16, 32, 64, 128, 256)),
-        Generation("v6e", "v6e", 1, 2, int(31.25 * GIB), 918e12, (1, 4, 8, 16, 32, 64, 128, 256)),
+        Generation("v5p", "v5p", 2, 3, int(95.74 * GIB), "TPU v5", tuple(2**k for k in range(3, 14))),
+        Generation("v5e", "v5e", 1, 2, int(15.75 * GIB), "TPU v5 lite", (1, 4, 8, 16, 32, 64, 128, 256)),
+        Generation("v6e", "v6e", 1, 2, int(31.25 * GIB), "TPU v6 lite", (1, 4, 8, 16, 32, 64, 128, 256)),
     )
 }
 ALIASES = {"v5litepod": "v5e", "v5lite": "v5e"}
@@ -51,6 +59,12 @@ class TpuTopology:
     def topology(self) -> str:
         """The argument for jax.experimental.topologies.get_topology_desc."""
         return f"{self.generation.topology_prefix}:{'x'.join(map(str, self.grid))}"
+
+    @property
+    def topology_kwargs(self) -> dict:
+        """Further get_topology_desc arguments: libtpu assumes hosts of 2x2 chips, which a
+        one-chip slice (v5e-1, v6e-1) is not divisible by."""
+        return {"chips_per_host_bounds": (1, 1, 1)} if self.chips == 1 else {}
 
     @property
     def hbm_bytes(self) -> int:

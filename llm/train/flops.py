@@ -1,4 +1,5 @@
-"""Model FLOPs and the peak they are measured against (the formula in DESIGN.md)."""
+"""Model FLOPs and the peak they are measured against (the formula in DESIGN.md); accelerator
+peaks come from llm.parallel.accelerators, CPU peaks are measured."""
 
 from __future__ import annotations
 
@@ -10,19 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from llm.model.spec import ModelSpec, non_embedding_params
+from llm.parallel.accelerators import peak_flops
 from llm.pytree import path_keys
-
-# Dense bf16 peaks per chip, FLOP/s.
-ACCELERATOR_PEAKS = {
-    "h100": 989e12,
-    "h200": 989e12,
-    "tpu v5 lite": 197e12,  # v5e
-    "tpu v5e": 197e12,
-    "tpu v5p": 459e12,
-    "tpu v5": 459e12,
-    "tpu v6 lite": 918e12,  # v6e
-    "tpu v6e": 918e12,
-}
 
 
 def flops_per_token(spec: ModelSpec, seq_len: int) -> float:
@@ -110,8 +100,7 @@ def device_peak_flops(device: jax.Device | None = None, measure_cpu: bool = True
         f32 = measure_matmul_peak(jnp.float32)
         bf16 = measure_matmul_peak(jnp.bfloat16)
         return max(f32, bf16), f"cpu matmul peak measured (f32 {f32 / 1e9:.0f}, bf16 {bf16 / 1e9:.0f} GFLOP/s)"
-    kind = device.device_kind.lower()
-    for name, peak in ACCELERATOR_PEAKS.items():
-        if name in kind:
-            return peak, f"{device.device_kind} table peak"
+    peak = peak_flops(device.device_kind)
+    if peak is not None:
+        return peak, f"{device.device_kind} table peak"
     return 0.0, f"{device.device_kind}: no peak known, MFU not reported"
