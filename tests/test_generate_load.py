@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from llm.checkpoint.params_io import CONFIG_FILE, config_to_json
@@ -53,3 +55,25 @@ def test_missing_checkpoint_is_a_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="config.json"):
         checkpoint_config(tmp_path / "empty")
+
+
+def test_generate_imports_a_hugging_face_directory(tmp_path):
+    """`--checkpoint HF_DIR` imports it on the fly: the completions equal those of the same model
+    converted first with `llm convert from-hf` (it used to fail on config key 'architectures')."""
+    from finetune_fixtures import llm_session
+    from interop_models import build_hf_model, train_tokenizer
+
+    hf = tmp_path / "hf"
+    build_hf_model("llama", hf, tokenizer_dir=train_tokenizer(tmp_path / "tok"))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "def parse(text):"}\n{"prompt": "import"}\n')
+
+    def generate(source, out):
+        return ["generate", "--checkpoint", str(source), "--input", str(prompts), "--output", str(out),
+                "--max-new-tokens", "6", "--no-eos-stop"]
+
+    results = llm_session(generate(hf, tmp_path / "a.jsonl"), ["convert", "from-hf", "--src", str(hf), "--out", str(tmp_path / "conv")],
+                          generate(tmp_path / "conv", tmp_path / "b.jsonl"))
+    assert [code for code, _ in results] == [0, 0, 0], results[0][1][-2000:]
+    direct, converted = ([json.loads(line) for line in (tmp_path / f).read_text().splitlines()] for f in ("a.jsonl", "b.jsonl"))
+    assert len(direct) == 2 and [(r["tokens"], r["completion"]) for r in direct] == [(r["tokens"], r["completion"]) for r in converted]

@@ -29,7 +29,11 @@ def start_kind(path: Path) -> str:
         return "workdir"
     if (path / "params").is_dir() and (path / "config.json").is_file():
         return "export"
-    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+    from llm.interop.hf_config import is_hf_model_dir
+    from llm.interop.safetensors_io import weight_files
+
+    if is_hf_model_dir(path):
+        weight_files(path)  # the same refusal as `llm convert` (pickles, missing weights)
         return "hf"
     raise UserError(
         f"--init-from {str(path)!r} is not a training workdir (checkpoints/), a params checkpoint (params/ + config.json) "

@@ -1,9 +1,11 @@
-"""Open a params-only checkpoint (llm.checkpoint.params_io) for generation: its config (with
-overrides such as the mesh), the model placed on the mesh, and its tokenizer."""
+"""Open a params-only checkpoint (llm.checkpoint.params_io), a training workdir or a Hugging Face
+model directory (imported on the fly) for generation: its config (with overrides such as the
+mesh), the model placed on the mesh, and its tokenizer."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Iterable
 
@@ -21,6 +23,8 @@ from llm.model.spec import model_spec
 from llm.parallel.mesh import build_mesh
 from llm.parallel.rules import AxisRules
 
+log = logging.getLogger("llm")
+
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
@@ -29,8 +33,25 @@ class LoadedModel:
     generator: Generator
 
 
+def _is_hf(directory: str | Path) -> bool:
+    """A Hugging Face model directory: generation imports it on the fly (as `llm convert from-hf`)."""
+    from llm.interop.hf_config import is_hf_model_dir
+
+    return is_hf_model_dir(directory)
+
+
 def checkpoint_config(directory: str | Path, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """The checkpoint's stored config with `a.b=value` overrides applied (mesh, precision...)."""
+    """The checkpoint's stored config with `a.b=value` overrides applied (mesh, precision...);
+    for a Hugging Face model directory, the config its import gives (hf_to_config)."""
+    if _is_hf(directory):
+        from llm.interop.hf_config import hf_to_config, read_hf_config
+        from llm.interop.hf_import import tokenizer_source
+
+        config = hf_to_config(read_hf_config(directory), overrides=overrides)
+        if tokenizer_source(directory) is None:
+            raise UserError(f"{str(directory)!r} is a Hugging Face model directory without tokenizer.json or tokenizer.model; add the model's tokenizer files")
+        config.data.tokenizer = str(Path(directory).absolute())
+        return config
     config = load_config_json(directory)
     overrides = list(overrides)
     if overrides:
@@ -40,8 +61,9 @@ def checkpoint_config(directory: str | Path, overrides: Iterable[str] = ()) -> m
 
 
 def checkpoint_tokenizer(directory: str | Path, config: ml_collections.ConfigDict) -> Tokenizer:
-    """DIR/tokenizer, or the byte tokenizer when the model was trained on bytes."""
-    tok_dir = Path(directory) / TOKENIZER_DIR
+    """DIR/tokenizer (a Hugging Face directory: DIR itself), or the byte tokenizer when the model
+    was trained on bytes."""
+    tok_dir = Path(directory) if _is_hf(directory) else Path(directory) / TOKENIZER_DIR
     if tok_dir.is_dir():
         tokenizer = load_tokenizer(tok_dir)
     elif config.data.tokenizer == "bytes":
@@ -65,7 +87,12 @@ def load_for_generation(directory: str | Path, config: ml_collections.ConfigDict
     spec = model_spec(config, vocab_shards=rules.shards("vocab"))
     graphdef, abstract = abstract_model(spec, rules)
     shardings = param_shardings(abstract, spec, rules)
-    if (Path(directory) / "checkpoints").is_dir() and not (Path(directory) / "params").is_dir():
+    if _is_hf(directory):
+        from llm.interop.hf_import import load_hf_checkpoint
+
+        log.info("%s is a Hugging Face model directory: importing it for this run (`llm convert from-hf` saves the import)", directory)
+        _, graphdef, params = load_hf_checkpoint(directory, rules, base=config)
+    elif (Path(directory) / "checkpoints").is_dir() and not (Path(directory) / "params").is_dir():
         from llm.checkpoint.export import restore_params  # a training workdir: its latest valid checkpoint
 
         _, params, _ = restore_params(directory)

@@ -63,6 +63,16 @@ ARCH_FIELDS = (
 )
 
 
+def is_hf_model_dir(path: str | Path) -> bool:
+    """Whether `path` holds a Hugging Face config.json (it names architectures or model_type);
+    our own checkpoints' config.json holds config sections instead."""
+    try:
+        hf = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(hf, dict) and ("architectures" in hf or "model_type" in hf)
+
+
 def read_hf_config(src: str | Path) -> dict:
     path = Path(src) / "config.json"
     if not Path(src).is_dir():

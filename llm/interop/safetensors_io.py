@@ -75,7 +75,9 @@ class TensorInfo:
         return math.prod(self.shape) * numpy_dtype(self.dtype).itemsize
 
 
-def _weight_files(src: Path) -> list[Path]:
+def weight_files(src: Path) -> list[Path]:
+    """The safetensors files of a model directory, or the one UserError every command gives for
+    missing or refused (pickle, TensorFlow, GGUF...) weights."""
     index = src / INDEX_FILE
     if index.is_file():
         try:
@@ -112,7 +114,7 @@ class SafetensorsReader:
         if not self.src.is_dir():
             raise UserError(f"model directory {str(src)!r} does not exist")
         self.tensors: dict[str, TensorInfo] = {}
-        for file in _weight_files(self.src):
+        for file in weight_files(self.src):
             try:
                 with safe_open(file, framework="np") as f:
                     for name in f.keys():
