@@ -112,7 +112,7 @@ def test_preference_pairs(tmp_path):
     records.append({"prompt": [{"role": "user", "content": "conv"}], "chosen": [{"role": "assistant", "content": "yes"}], "rejected": [{"role": "assistant", "content": "no"}]})
     records.append({"prompt": "p", "chosen": "only"})
     path = write_jsonl(tmp_path / "pref.jsonl", records)
-    it = make_preference_batches(config_for(path, "preference", batch_size=2, seq_len=64))
+    it = make_preference_batches(config_for(path, "preference", batch_size=2, seq_len=64, prefetch=0))
     seen = {}
     for _ in range(12):
         b = next(it)
@@ -129,7 +129,12 @@ def test_preference_pairs(tmp_path):
             seen[sides["chosen"][1]] = sides["rejected"][1]
     assert seen["good 3<|end|>\n"] == "bad 3<|end|>\n"
     assert seen["yes<|end|>\n"] == "no<|end|>\n"
-    assert it.report()["skipped"] == {"missing field 'rejected' (preference records need prompt/chosen/rejected)": it.report()["skipped"]["missing field 'rejected' (preference records need prompt/chosen/rejected)"]}
+    # The one bad record (line 12) is skipped once per pass over the file: 24 pairs read from 11
+    # good records completed 2 passes and started a third (no prefetch reads ahead).
+    reason = "missing field 'rejected' (preference records need prompt/chosen/rejected)"
+    report = it.report()
+    assert set(report["skipped"]) == {reason} and report["skipped"][reason] in (2, 3)
+    assert report["first"] == {reason: f"{path}:12"}
 
 
 def test_make_batches_refuses_preference_format(tmp_path):

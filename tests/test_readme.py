@@ -6,8 +6,13 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from llm.cli.main import build_parser
 from llm.cli.quickstart import quickstart_commands
+from llm.config.base import base_config
+from llm.config.loading import apply_overrides, load_config_file
+from llm.errors import ConfigError
 
 README = Path("README.md").read_text()
 
@@ -38,17 +43,55 @@ def test_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert "llm\" quickstart" in Path("launch/local.sh").read_text() or "llm quickstart" in Path("launch/local.sh").read_text()
 
 
+def readme_commands() -> list[str]:
+    """Every `llm ...` line of the README's bash blocks, also those a launcher runs after `--`."""
+    commands = []
+    for block in bash_blocks(README):
+        for line in logical_lines(block):
+            if line.startswith("llm "):
+                commands.append(line)
+            elif " -- llm " in line:
+                commands.append(line.split(" -- ", 1)[1])
+    return commands
+
+
+def check_overrides(line: str, config_file: str | None, overrides: list[str]) -> None:
+    """Each `--config.a.b=value` names a key of the command's config (its --config file, else the
+    base schema) and parses as that key's type: the same check `llm` runs."""
+    config = load_config_file(config_file) if config_file else base_config()
+    config.lock()
+    for item in overrides:
+        try:
+            apply_overrides(config, [item[len("--config."):]])
+        except ConfigError as err:
+            raise AssertionError(f"README command {line!r}: {item}: {err}") from None
+
+
 def test_every_llm_command_in_the_readme_parses():
     parser = build_parser()
-    commands = [line for block in bash_blocks(README) for line in logical_lines(block) if line.startswith("llm ")]
+    commands = readme_commands()
     assert len(commands) >= 8
+    checked = 0
     for line in commands:
-        argv = [a for a in shlex.split(line)[1:] if not a.startswith("--config.")]
+        tokens = shlex.split(line)[1:]
+        overrides = [a for a in tokens if a.startswith("--config.")]
+        argv = [a for a in tokens if not a.startswith("--config.")]
         args = parser.parse_args(argv)  # exits (fails the test) on an unknown subcommand or flag
         assert callable(args.func)
         for token in argv:
             if token.startswith("configs/"):
                 assert Path(token).is_file(), f"README names missing config {token}"
+        check_overrides(line, getattr(args, "config", None), overrides)
+        checked += len(overrides)
+    assert checked >= 10
+
+
+def test_override_check_catches_a_wrong_key_or_type():
+    with pytest.raises(AssertionError, match="unknown config key 'train.stepz'"):
+        check_overrides("llm train", "configs/tiny.py", ["--config.train.stepz=5"])
+    with pytest.raises(AssertionError, match="expected an integer"):
+        check_overrides("llm train", "configs/tiny.py", ["--config.train.steps=many"])
+    check_overrides("llm generate", None, ["--config.mesh.fsdp=2"])
 
 
 def test_quickstart_block_is_what_llm_quickstart_runs():
