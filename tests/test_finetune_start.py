@@ -23,10 +23,11 @@ def pretrain_dir(tmp_path, kind="workdir", *overrides):
 @pytest.mark.parametrize("kind", ["workdir", "export"])
 def test_model_and_tokenizer_come_from_our_checkpoints(tmp_path, kind):
     pre = pretrain_dir(tmp_path, kind)
-    config = apply_init_from(tiny_config("peft.lora_rank=8", "model.scan_layers=true"), str(pre))
+    config = apply_init_from(tiny_config("peft.lora_rank=8", "model.scan_layers=true", "model.remat=full"), str(pre))
     assert start_kind(pre) == kind
     assert config.model.d_model == 64 and config.model.vocab_size == 300
-    assert config.model.scan_layers is True  # a layout choice stays the fine-tuning config's
+    assert config.model.remat == "full"  # a layout choice of the step stays the fine-tuning config's
+    assert config.model.scan_layers is False  # but scan_layers is how the weights are stored: it comes from PRE
     assert config.checkpoint.init_from == str(pre.absolute()) and config.data.tokenizer == "bytes"
     (pre / "tokenizer").mkdir()
     assert apply_init_from(tiny_config(), str(pre)).data.tokenizer == str((pre / "tokenizer").absolute())
@@ -49,6 +50,15 @@ def test_bad_starts_and_conflicting_overrides(tmp_path):
     with pytest.raises(UserError, match=r"model.d_model: checkpoint 64 vs config 32: the model comes from --init-from"):
         apply_init_from(tiny_config("model.d_model=32"), str(pre), ["model.d_model=32"])
     apply_init_from(tiny_config("model.remat=full"), str(pre), ["model.remat=full"])  # layout overrides are fine
+    with pytest.raises(UserError, match=r"model.scan_layers: checkpoint False vs config True: the model comes from --init-from"):
+        apply_init_from(tiny_config("model.scan_layers=true"), str(pre), ["model.scan_layers=true"])
+
+
+def test_an_explicit_tokenizer_override_is_kept_for_the_fingerprint_check(tmp_path):
+    pre = pretrain_dir(tmp_path)
+    (pre / "tokenizer").mkdir()
+    config = apply_init_from(tiny_config("data.tokenizer=/elsewhere/tok"), str(pre), ["data.tokenizer=/elsewhere/tok"])
+    assert config.data.tokenizer == "/elsewhere/tok"  # not silently replaced by PRE's
 
 
 def test_data_paths(tmp_path):

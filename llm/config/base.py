@@ -178,6 +178,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.restore_step = -1  # -1 = the latest valid checkpoint
     c.checkpoint.init_from = ""  # a params-only checkpoint directory or a workdir: weights only
     c.checkpoint.init_from_hf = ""  # a Hugging Face model directory (config.json + safetensors)
+    # init_from weights trained with another tokenizer (same vocab size, other fingerprint) are
+    # refused; true starts from them anyway (e.g. a deliberately re-trained tokenizer), with a warning.
+    c.checkpoint.allow_tokenizer_mismatch = False
 
     # Parameter-efficient fine-tuning (llm.peft): transforms of the parameter tree. Paths are
     # slash-joined, e.g. blocks/0/attn/q/kernel (blocks/attn/q/kernel with scan_layers).

@@ -19,6 +19,10 @@ from llm.checkpoint.manager import LAYOUT_KEYS, model_mismatch
 from llm.checkpoint.params_io import config_from_json
 from llm.data.builtin import manifest_path_for
 from llm.errors import UserError
+from llm.train.init_sources import STORED_LAYOUT_KEYS, stored_layout_mismatch
+
+# Layout keys the fine-tuning config may choose freely; the others come with the start weights.
+_FREE_LAYOUT_KEYS = set(LAYOUT_KEYS) - set(STORED_LAYOUT_KEYS)
 
 log = logging.getLogger("llm")
 
@@ -43,7 +47,7 @@ def start_kind(path: Path) -> str:
 
 def _set_model(config: ml_collections.ConfigDict, model: dict) -> None:
     for key, value in model.items():
-        if key in LAYOUT_KEYS:
+        if key in _FREE_LAYOUT_KEYS:
             continue
         if isinstance(value, dict):
             for sub, v in value.items():
@@ -55,15 +59,18 @@ def _set_model(config: ml_collections.ConfigDict, model: dict) -> None:
 def _check_overrides(config_model: dict, start_model: dict, overrides: Iterable[str], where: str) -> None:
     """A --config.model.* override that disagrees with the start weights would be ignored: refuse it."""
     touched = {o.split("=", 1)[0][len("model."):].split(".")[0] for o in overrides if o.startswith("model.")}
-    touched -= set(LAYOUT_KEYS)
-    diffs = [d for d in model_mismatch(start_model, config_model) if d.split(":")[0][len("model."):] in touched]
+    touched -= _FREE_LAYOUT_KEYS
+    diffs = model_mismatch(start_model, config_model) + stored_layout_mismatch(start_model, config_model)
+    diffs = [d for d in diffs if d.split(":")[0][len("model."):] in touched]
     if diffs:
         raise UserError(f"{diffs[0]}: the model comes from --init-from {where}; drop the --config.model override")
 
 
 def apply_init_from(config: ml_collections.ConfigDict, init_from: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """Point checkpoint.init_from(_hf) at PRE and take its model section and tokenizer."""
+    """Point checkpoint.init_from(_hf) at PRE and take its model section and tokenizer (unless
+    --config.data.tokenizer names another: the start then checks the two fingerprints)."""
     path = Path(init_from)
+    own_tokenizer = any(o.split("=", 1)[0] == "data.tokenizer" for o in overrides)
     if not path.exists():
         raise UserError(f"--init-from {init_from!r} does not exist; pass a workdir, an `llm export` directory or a Hugging Face model directory")
     kind = start_kind(path)
@@ -76,7 +83,13 @@ def apply_init_from(config: ml_collections.ConfigDict, init_from: str, overrides
         config.checkpoint.init_from = ""
         config = apply_hf_architecture(config)
         if tokenizer_source(path) is not None:
-            config.data.tokenizer = str(path)
+            if own_tokenizer:
+                from llm.data.tokenizer import load_tokenizer
+                from llm.train.init_sources import check_tokenizer
+
+                check_tokenizer(load_tokenizer(path).fingerprint, config, f"--init-from {str(path)!r}")
+            else:
+                config.data.tokenizer = str(path)
         _check_overrides(user_model, json.loads(config.model.to_json_best_effort()), overrides, str(path))
         return config
     saved = config_from_json((path / "config.json").read_text(), str(path / "config.json"))
@@ -86,8 +99,9 @@ def apply_init_from(config: ml_collections.ConfigDict, init_from: str, overrides
     config.checkpoint.init_from = str(path.absolute())
     config.checkpoint.init_from_hf = ""
     tokenizer_dir = path / "tokenizer"
-    config.data.tokenizer = str(tokenizer_dir.absolute()) if tokenizer_dir.is_dir() else saved.data.tokenizer
-    log.info("fine-tuning starts from %s %s: model and tokenizer (%s) from there", kind, path, config.data.tokenizer)
+    if not own_tokenizer:
+        config.data.tokenizer = str(tokenizer_dir.absolute()) if tokenizer_dir.is_dir() else saved.data.tokenizer
+    log.info("fine-tuning starts from %s %s: model from there, tokenizer %s", kind, path, config.data.tokenizer)
     return config
 
 

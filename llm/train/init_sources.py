@@ -17,6 +17,10 @@ from llm.errors import UserError
 
 log = logging.getLogger("llm")
 
+# Model layout keys (of manager.LAYOUT_KEYS) that change the stored parameter tree: scan_layers
+# stacks the layers into one array per weight. Every other layout key restores under any value.
+STORED_LAYOUT_KEYS = ("scan_layers",)
+
 
 def apply_hf_architecture(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """With init_from_hf, the model section comes from the Hugging Face config.json."""
@@ -29,9 +33,64 @@ def apply_hf_architecture(config: ml_collections.ConfigDict) -> ml_collections.C
 
 
 def _check_model(saved_model: dict, config: ml_collections.ConfigDict, where: str) -> None:
-    diffs = model_mismatch(saved_model, json.loads(config.model.to_json_best_effort()))
+    current = json.loads(config.model.to_json_best_effort())
+    diffs = model_mismatch(saved_model, current)
     if diffs:
         raise UserError(f"{where} holds a different model ({'; '.join(diffs[:3])}); use its config or another checkpoint")
+    stored = stored_layout_mismatch(saved_model, current)
+    if stored:
+        key = stored[0].split(":")[0]
+        raise UserError(
+            f"{where} stores its weights with {key}={saved_model[key[len('model.'):]]!r} ({stored[0]}); "
+            f"set {key}={saved_model[key[len('model.'):]]!r}: it changes how the checkpoint stores the layers"
+        )
+
+
+def stored_layout_mismatch(saved: dict, current: dict) -> list[str]:
+    """Differences in STORED_LAYOUT_KEYS (which `model_mismatch` skips as layout), same format."""
+    return [
+        f"model.{key}: checkpoint {saved[key]!r} vs config {current.get(key)!r}"
+        for key in STORED_LAYOUT_KEYS if key in saved and saved[key] != current.get(key)
+    ]
+
+
+def check_tokenizer(saved_fingerprint: str | None, config: ml_collections.ConfigDict, where: str, current: str | None = None) -> None:
+    """Refuse start weights trained with another tokenizer (of the same size: a different size is
+    already a different model), unless checkpoint.allow_tokenizer_mismatch says to go on."""
+    if not saved_fingerprint:
+        return
+    if current is None:
+        from llm.data.tokenizer import load_tokenizer
+
+        current = load_tokenizer(config.data.tokenizer).fingerprint
+    if current == saved_fingerprint:
+        return
+    what = f"{where} was trained with tokenizer {saved_fingerprint[:12]}, but this run's data.tokenizer={config.data.tokenizer!r} is {current[:12]}"
+    if config.checkpoint.allow_tokenizer_mismatch:
+        log.warning("%s; starting from its weights anyway (checkpoint.allow_tokenizer_mismatch=true)", what)
+        return
+    raise UserError(f"{what}; use its tokenizer, or set checkpoint.allow_tokenizer_mismatch=true to start from its weights anyway")
+
+
+def _workdir_fingerprint(path: Path, config: ml_collections.ConfigDict) -> str | None:
+    ckpt = Checkpointer(path, config, read_only=True)
+    try:
+        steps = ckpt.steps()
+        return ckpt.read_metadata(steps[-1]).get("tokenizer_fingerprint") if steps else None
+    finally:
+        ckpt.close()
+
+
+def _export_fingerprint(path: Path) -> str | None:
+    """The tokenizer stored with a params checkpoint (or the byte tokenizer it names); None if unknown."""
+    from llm.checkpoint.params_io import TOKENIZER_DIR, load_config_json, tokenizer_files
+    from llm.data.tokenizer import load_tokenizer
+
+    if tokenizer_files(path / TOKENIZER_DIR):
+        return load_tokenizer(path / TOKENIZER_DIR).fingerprint
+    if load_config_json(path).data.tokenizer == "bytes":
+        return load_tokenizer("bytes").fingerprint
+    return None
 
 
 def _from_workdir(path: Path, setup, params: Any) -> tuple[Any, str]:
@@ -67,16 +126,21 @@ def _from_export(path: Path, setup, params: Any) -> tuple[Any, str]:
     return loaded, f"init_from {path} (params-only checkpoint)"
 
 
-def init_params_hook(config: ml_collections.ConfigDict) -> Callable | None:
-    """A `(setup, params) -> (params, description)` hook for the loop, or None (from scratch)."""
+def init_params_hook(config: ml_collections.ConfigDict, tokenizer_fingerprint: str | None = None) -> Callable | None:
+    """A `(setup, params) -> (params, description)` hook for the loop, or None (from scratch).
+
+    The start weights' tokenizer is checked here, before any model is built; pass the run's
+    tokenizer fingerprint if known (else it is read from data.tokenizer)."""
     init_from, init_hf = config.checkpoint.init_from, config.checkpoint.init_from_hf
     if init_from and init_hf:
         log.warning("both checkpoint.init_from and checkpoint.init_from_hf are set; init_from takes precedence")
     if init_from:
         path = Path(init_from)
         if (path / "checkpoints").is_dir():
+            check_tokenizer(_workdir_fingerprint(path, config), config, f"checkpoint.init_from={init_from!r}", tokenizer_fingerprint)
             return lambda setup, params: _from_workdir(path, setup, params)
         if (path / "config.json").is_file() and (path / "params").is_dir():
+            check_tokenizer(_export_fingerprint(path), config, f"checkpoint.init_from={init_from!r}", tokenizer_fingerprint)
             return lambda setup, params: _from_export(path, setup, params)
         raise UserError(
             f"checkpoint.init_from={init_from!r} is neither a workdir with checkpoints/ nor a params checkpoint "
