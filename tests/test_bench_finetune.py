@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from llm.cli.main import main
 
 
+@pytest.mark.slow  # two short SFT runs, each compiling its step
 def test_bench_finetune_runs_each_method_and_writes_the_table(tmp_path, capsys):
     out, figures = tmp_path / "bench", tmp_path / "bench.json"
     rc = main(["bench", "finetune", "--config", "configs/tiny.py", "--config.data.seq_len=64", "--config.data.batch_size=8",

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from llm.bench.hf_peer import params_as_hf_counts
 from llm.config.loading import load_config
 from llm.generate.generator import Generator
 from llm.model.build import init_params
@@ -241,7 +242,7 @@ def run_generate_bench(
     rng = np.random.default_rng(0)
     result: dict = {
         "config": {"family": spec.family, "d_model": spec.d_model, "n_layers": spec.n_layers, "vocab": spec.vocab_size},
-        "params": sum(int(x.size) for x in jax.tree_util.tree_leaves(params)),
+        "params": params_as_hf_counts(spec, params),
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
         "device": jax.devices()[0].device_kind,

@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
+
+import jax
 
 from llm.model.spec import ModelSpec
+
+
+def params_as_hf_counts(spec: ModelSpec, params: Any) -> int:
+    """Our parameter count without the vocabulary padding (rows the tokenizer never uses), which
+    the transformers model does not have: equal to its count when both are the same model."""
+    total = sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+    return total - (spec.padded_vocab - spec.vocab_size) * spec.d_model * (1 if spec.tie_embeddings else 2)
 
 
 def hf_config(spec: ModelSpec):

@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from llm.bench.hf_peer import params_as_hf_counts
 from llm.config.loading import load_config
 from llm.train.flops import device_peak_flops, flops_per_token
 from llm.train.setup import build_setup
@@ -67,7 +68,7 @@ def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int = 2) 
     tokens_per_s = tokens / elapsed
     return {
         "batch_shape": [batch_size, seq_len],
-        "params": sum(int(x.size) for x in jax.tree_util.tree_leaves(state.params)),
+        "params": params_as_hf_counts(spec, state.params),
         "tokens": tokens,
         "tokens_per_s": tokens_per_s,
         "step_time": elapsed / steps,
