@@ -77,14 +77,19 @@ def test_truncated_latest_falls_back_and_invalid_step_is_an_error(tmp_path):
     assert sorted(int(p.name) for p in ckdir.iterdir() if p.name.isdigit()) == [2, 4]
     truncate_largest_file(ckdir / "4")
     setup, state = build_setup(config)
-    restored = Checkpointer(tmp_path / "run", config).restore(abstract_like(state))
-    assert restored[3] == 2
-    text = "\n".join(collect.lines)
-    assert "checkpoints/4 is damaged" in text and "falling back" in text
     with pytest.raises(UserError, match=r"no checkpoint for step 3 in .*checkpoints \(available: \[2, 4\]\)"):
         Checkpointer(tmp_path / "run", config).restore(abstract_like(state), step=3)
-    with pytest.raises(UserError, match=r"checkpoints/4 is damaged"):
+    with pytest.raises(UserError, match=r"checkpoints/4 is damaged \(a file is truncated\); pick another step"):
         Checkpointer(tmp_path / "run", config).restore(abstract_like(state), step=4)
+    # Read-only (export, generate): fall back, touch nothing.
+    assert Checkpointer(tmp_path / "run", config, read_only=True).restore(abstract_like(state))[3] == 2
+    assert (ckdir / "4").is_dir()
+    # The training run's checkpointer moves the damaged step aside, so it can be saved again.
+    ckpt = Checkpointer(tmp_path / "run", config)
+    assert ckpt.restore(abstract_like(state))[3] == 2
+    text = "\n".join(collect.lines)
+    assert "checkpoints/4 is damaged (a file is truncated); falling back" in text
+    assert ckpt.steps() == [2] and [p.name[:10] for p in ckdir.glob("damaged-*")] == ["damaged-4-"]
 
 
 def test_checkpoint_of_another_model_shape_is_refused(tmp_path):

@@ -4,13 +4,17 @@ One checkpoint holds the whole train state (params, optimizer state, step), the 
 state and a metadata record (the config, the seed the step RNG derives from, the tokenizer
 fingerprint). Orbax writes each step into a temporary directory and renames it when complete,
 so a half-written checkpoint is never picked up; a finished one that is damaged later is
-detected at restore and the previous one is used.
+detected at restore, moved aside to `checkpoints/damaged-<step>-<time>/` (kept for inspection,
+invisible to Orbax, so it neither blocks saving that step again nor counts towards `keep`) and
+the previous one is used.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +62,7 @@ class Checkpointer:
             read_only=read_only,
         )
         self.config = config
+        self.read_only = read_only
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
@@ -139,18 +144,70 @@ class Checkpointer:
             try:
                 return (*self._restore_one(step, abstract_state), step)
             except Exception as err:  # noqa: BLE001 - Orbax raises many types for damaged files
-                raise UserError(f"checkpoint {self.directory / str(step)} is damaged: {type(err).__name__}: {err}".splitlines()[0]) from err
+                path = self.directory / str(step)
+                others = [s for s in steps if s != step]
+                raise UserError(
+                    f"checkpoint {path} is damaged ({damage_cause(err)}); pick another step with "
+                    f"--config.checkpoint.restore_step (other steps: {others or 'none'}; -1 = the latest valid one), "
+                    f"or remove {path}"
+                ) from err
+        damaged = []
         for candidate in reversed(steps):
             self.check_compatible(candidate, tokenizer_fingerprint)
             try:
-                return (*self._restore_one(candidate, abstract_state), candidate)
+                restored = self._restore_one(candidate, abstract_state)
             except (CheckpointMismatch, KeyboardInterrupt):
                 raise
             except Exception as err:  # noqa: BLE001 - fall back to an older checkpoint
-                log.warning(
-                    "checkpoint %s is damaged (%s: %s); falling back to the previous one",
-                    self.directory / str(candidate), type(err).__name__, str(err).splitlines()[0] if str(err) else "",
-                )
+                damaged.append(candidate)
+                log.warning("checkpoint %s is damaged (%s); falling back to the previous one",
+                            self.directory / str(candidate), damage_cause(err))
+                continue
+            for bad in damaged:  # only once a good one is found: a re-run must not start from scratch
+                self._move_aside(bad)
+            return (*restored, candidate)
         if steps:
             raise UserError(f"every checkpoint in {self.directory} is damaged ({steps}); remove them or use a new --workdir")
         return None
+
+    def _move_aside(self, step: int) -> Path | None:
+        """Rename a damaged step to `damaged-<step>-<time>` so the step can be saved again.
+
+        Never deletes it. Process 0 renames (the directory is shared); every process then
+        re-reads the step list."""
+        if self.read_only:
+            return None
+        aside = self.directory / f"damaged-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for n in range(1, 1000):
+            if not aside.exists():
+                break
+            aside = aside.with_name(f"damaged-{step}-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        if jax.process_index() == 0:
+            shutil.move(str(self.directory / str(step)), aside)
+            log.warning("moved damaged checkpoint %s to %s; step %d will be saved again", self.directory / str(step), aside, step)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"llm-checkpoint-moved-aside-{step}")
+        self.manager.reload()
+        return aside
+
+
+def damage_cause(err: BaseException) -> str:
+    """A few words for why a checkpoint cannot be read (Orbax/TensorStore messages run to pages)."""
+    chain = []
+    while err is not None and len(chain) < 10:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    text = " ".join(str(e) for e in chain)
+    if "OUT_OF_RANGE" in text or "byte range" in text:
+        return "a file is truncated"
+    if any(isinstance(e, FileNotFoundError) for e in chain) or "NOT_FOUND" in text:
+        return "a file is missing"
+    if "DATA_LOSS" in text or "checksum" in text.lower() or "corrupt" in text.lower():
+        return "a file is corrupted"
+    if any(isinstance(e, json.JSONDecodeError) for e in chain):
+        return "a metadata file is not valid JSON"
+    deepest = chain[-1]
+    first = (str(deepest).splitlines() or [""])[0][:120]
+    return f"{type(deepest).__name__}: {first}" if first else type(deepest).__name__

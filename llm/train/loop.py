@@ -1,7 +1,8 @@
 """The training loop: start-up source, steps, metrics, eval, checkpoints, preemption.
 
-Every training command (pretraining, SFT, LoRA, preference tuning) runs this loop with its own
-loss function, parameter split and data; the loop never knows which one it runs.
+Every training command (pretraining, SFT, LoRA, classification heads) runs this loop with its
+own loss function, parameter split and data; the loop never knows which one it runs. Every
+checkpoint goes through one save routine that first checks the pending step for NaN/Inf.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from llm.train.flops import device_peak_flops, flops_per_token
 from llm.train.metrics import MetricsLog, plot_loss_curve
 from llm.train.setup import TrainSetup, build_partitioned_setup, build_setup
 from llm.train.step import TrainState
+from llm.train.timed_saves import timed_saves
 from llm.train.workdir import prepare_workdir, setup_logging
 
 log = logging.getLogger("llm")
@@ -176,9 +178,16 @@ def _start(
 
 
 def run_training(
-    config: ml_collections.ConfigDict, workdir: str | Path, *, overwrite: bool = False, hooks: RunHooks | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    overwrite: bool = False,
+    hooks: RunHooks | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict:
-    """Train to `config.train.steps` and return a summary; resumable by calling it again."""
+    """Train to `config.train.steps` and return a summary; resumable by calling it again.
+
+    `clock` (seconds) times `checkpoint.every_minutes`; only process 0's is consulted."""
     hooks = hooks or RunHooks()
     initialize_distributed(config)  # before any JAX work: joins a multi-process job, else a no-op
     is_main = jax.process_index() == 0
@@ -204,7 +213,8 @@ def run_training(
     log.info("MFU peak: %s", peak_source)
     fpt = flops_per_token(setup.spec, config.data.seq_len)
     tokens_per_step = config.data.batch_size * config.data.seq_len
-    metrics_log = MetricsLog(workdir, enabled=is_main)
+    start_step = int(jax.device_get(state.step))
+    metrics_log = MetricsLog(workdir, enabled=is_main, resume_step=start_step)
     metadata = {
         "config": json.loads(config.to_json_best_effort()),
         "seed": config.train.seed,
@@ -212,31 +222,42 @@ def run_training(
     }
 
     saved_steps = set(ckpt.steps())
+    saved_now: list[int] = []
+    total = config.train.steps
+    step = start_step
+    summary: dict[str, Any] = {"start": source, "start_step": start_step}
+    every = config.checkpoint.every_steps
+    timed = timed_saves(config.checkpoint.every_minutes, step, clock)
+    window_start, window_steps = None, 0
+    prev = None  # (step, metrics) not yet checked for NaN/Inf: checked one step late, so the host never stalls the device
+    guard = _NonFiniteGuard(config.train.nan_policy, ckpt)
+    skipped = 0
+    last: dict[str, float] = {}
+
+    def check_pending() -> None:
+        nonlocal prev, skipped
+        if prev is not None:
+            skipped += guard.check(*prev)
+            prev = None
 
     def save(at: int) -> None:
+        """The loop's only way to save: never a state whose step went NaN/Inf (with nan_policy=stop
+        the guard raises instead), never the same step twice."""
+        check_pending()
         if at in saved_steps:
             return
         data_state = batches.get_state() if hasattr(batches, "get_state") else None
         ckpt.save(at, state, data_state, metadata)
         saved_steps.add(at)
+        saved_now.append(at)
+        timed.saved(at)
 
-    total = config.train.steps
-    step = int(jax.device_get(state.step))
-    start_step = step
-    summary: dict[str, Any] = {"start": source, "start_step": start_step}
     if hooks.eval_at_start and config.train.eval_every and step == 0 and step < total:
         eval_batches = make_batches(config, "validation", jax.process_index(), jax.process_count())
         result = evaluate(setup, state.params, frozen, eval_batches, config.train.eval_steps)
         metrics_log.write(0, result)
         summary["start_eval_loss"] = result["eval_loss"]
         log.info("step 0: eval loss %.4f, perplexity %.2f (start weights)", result["eval_loss"], result["eval_perplexity"])
-    every = config.checkpoint.every_steps
-    last_save_time = time.monotonic()
-    window_start, window_steps = None, 0
-    prev = None  # (step, metrics) not yet checked for NaN/Inf: checked one step late, so the host never stalls the device
-    guard = _NonFiniteGuard(config.train.nan_policy, ckpt)
-    skipped = 0
-    last: dict[str, float] = {}
     bar = tqdm(total=total, initial=step, disable=not is_main, desc="train", unit="step", dynamic_ncols=True)
     with _Preemption(jax.process_count() > 1) as preemption:
         while step < total:
@@ -249,8 +270,7 @@ def run_training(
             batch = setup.shard_batch(next(batches))
             state, metrics = setup.train_step(state, batch, frozen)
             step += 1
-            if prev is not None:
-                skipped += guard.check(*prev)
+            check_pending()
             prev = (step, metrics)
             if window_start is None:
                 jax.block_until_ready(metrics["loss"])
@@ -287,30 +307,20 @@ def run_training(
                 log.info("step %d: eval loss %.4f, perplexity %.2f", step, result["eval_loss"], result["eval_perplexity"])
                 window_start = time.perf_counter()  # eval time is not training time
                 if hooks.should_stop is not None and step < total and hooks.should_stop(step, result):
-                    if prev is not None:
-                        skipped += guard.check(*prev)  # never save a bad state
-                        prev = None
                     save(step)
                     log.info("early stop at step %d (eval loss stopped improving)", step)
                     summary.update(early_stopped=True)
                     break
-            due_minutes = config.checkpoint.every_minutes and (time.monotonic() - last_save_time) / 60 >= config.checkpoint.every_minutes
-            if (every and step % every == 0) or due_minutes:
-                if prev is not None:
-                    skipped += guard.check(*prev)  # never save a bad state
-                    prev = None
+            if timed.due(step) or (every and step % every == 0):
                 save(step)
-                last_save_time = time.monotonic()
         else:
-            if prev is not None:
-                skipped += guard.check(*prev)
             save(step)
     bar.close()
     ckpt.close()
     metrics_log.close()
     if is_main and (workdir / "metrics.jsonl").exists():
         plot_loss_curve(workdir / "metrics.jsonl", workdir / "loss.png")
-    summary.update(step=step, skipped_steps=skipped, **{k: v for k, v in last.items() if isinstance(v, float)})
+    summary.update(step=step, skipped_steps=skipped, saved_steps=saved_now, **{k: v for k, v in last.items() if isinstance(v, float)})
     if hooks.on_finish is not None and not summary.get("preempted"):
         summary.update(hooks.on_finish(setup, state, frozen, summary) or {})
     if is_main:

@@ -1,9 +1,14 @@
-"""Where metrics go: TensorBoard (clu metric writers), metrics.jsonl, and a loss-curve PNG."""
+"""Where metrics go: TensorBoard (clu metric writers), metrics.jsonl, and a loss-curve PNG.
+
+metrics.jsonl holds one row per step and kind: a run resumed from an earlier checkpoint first
+drops the rows of the steps it is about to re-do, so readers never see a step twice.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -11,13 +16,16 @@ from typing import Any, Mapping
 class MetricsLog:
     """Writes each event to TensorBoard and as one JSON line; only process 0 writes."""
 
-    def __init__(self, workdir: str | Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, workdir: str | Path, enabled: bool = True, tensorboard: bool = True, resume_step: int | None = None):
+        """`resume_step`: the step the run starts from; later rows are dropped (0: a fresh file)."""
         self.workdir = Path(workdir)
         self.enabled = enabled
         self._writer = None
         self._jsonl = None
         if not enabled:
             return
+        if resume_step is not None:
+            drop_rows_after(self.workdir / "metrics.jsonl", resume_step)
         self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
             # clu.metric_writers imports TensorFlow; only pay for it when a run writes metrics.
@@ -54,6 +62,34 @@ def read_metrics(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows of steps <= `step` (none when `step` is 0: a run from scratch re-does
+    everything); atomic, so a crash leaves the old file or the new one, never half of it."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keep = [line for line in lines if line.strip() and step > 0 and _row_step(line) <= step]
+    if len(keep) == len(lines):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _row_step(line: str) -> float:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a torn last line from a killed run: drop it
+
+
+def series(records: list[dict], key: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of `key`, one per step, the last row winning (files written before
+    rows were de-duplicated on resume may repeat steps)."""
+    by_step = {r["step"]: r[key] for r in records if r.get(key) is not None}
+    return sorted(by_step.items())
+
+
 def plot_loss_curve(metrics_path: str | Path, out_path: str | Path) -> Path:
     """Train and eval loss against step, from metrics.jsonl."""
     import matplotlib
@@ -62,8 +98,7 @@ def plot_loss_curve(metrics_path: str | Path, out_path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     records = read_metrics(metrics_path)
-    train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
-    evals = [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
+    train, evals = series(records, "loss"), series(records, "eval_loss")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     if train:
         ax.plot(*zip(*train), label="train loss")
