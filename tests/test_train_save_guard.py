@@ -24,6 +24,7 @@ def poisoned_batches(config, split, process_index, process_count):
         yield batch
 
 
+@pytest.mark.slow  # one in-process run of tiny: ~40 s on 2 shared cores
 def test_nan_right_before_sigterm_keeps_the_last_good_checkpoint(tmp_path):
     # log_every > steps: the loop checks a step's finiteness one step late, which is the window
     # the preemption save used to slip through.
