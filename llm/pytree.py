@@ -34,6 +34,20 @@ def path_str(path: Iterable[Any]) -> str:
     return "/".join(key_name(k) for k in path)
 
 
+def get_path(tree: Any, path: tuple) -> Any:
+    """The subtree of a nested dict at plain-key `path`."""
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def set_path(tree: dict, path: tuple, value: Any) -> None:
+    """Put `value` at plain-key `path` of a nested dict, creating the dicts on the way."""
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs carrying each leaf's sharding: a restore or compile target that holds no memory."""
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from llm.pytree import abstract_like, key_name, path_keys, path_str, with_shardings
+from llm.pytree import abstract_like, get_path, key_name, path_keys, path_str, set_path, with_shardings
 
 
 class Pair(NamedTuple):
@@ -36,3 +36,11 @@ def test_abstract_copies_keep_shape_dtype_and_sharding():
     placed = with_shardings(abstract, {"w": replicated, "b": sharded})
     assert (placed["w"].shape, placed["w"].dtype, placed["w"].sharding) == ((4, 3), jnp.bfloat16, replicated)
     assert placed["b"].sharding == sharded
+
+
+def test_get_and_set_by_plain_key_path():
+    tree: dict = {}
+    set_path(tree, ("blocks", 0, "kernel"), 1)
+    set_path(tree, ("blocks", 0, "bias"), 2)
+    assert tree == {"blocks": {0: {"kernel": 1, "bias": 2}}}
+    assert get_path(tree, ("blocks", 0)) == {"kernel": 1, "bias": 2} and get_path(tree, ("blocks", 0, "bias")) == 2

@@ -26,7 +26,7 @@ from llm.model.build import abstract_model, param_shardings
 from llm.model.spec import ModelSpec, model_spec
 from llm.parallel.mesh import build_mesh
 from llm.parallel.rules import AxisRules
-from llm.pytree import path_str
+from llm.pytree import get_path, path_str, set_path
 
 log = logging.getLogger("llm")
 _COLLECT_BYTES = 32 * 2**20
@@ -44,18 +44,6 @@ def place(array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
     if array.nbytes >= _COLLECT_BYTES:
         gc.collect()
     return out
-
-
-def _get(tree: Any, path: tuple) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def _set(tree: dict, path: tuple, value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
 
 
 def _scanned(path: tuple) -> tuple:
@@ -98,22 +86,22 @@ def _check_shape(path: tuple, array: np.ndarray, expected: tuple) -> None:
 def _import_one(reader: SafetensorsReader, rule: Rule, shardings: Any, shapes: Any, params: dict) -> None:
     """One Hugging Face tensor -> its param(s), placed. A function, so every host copy is
     dropped on return rather than lingering in a loop variable into the next tensor."""
-    dtype = _get(shapes, rule.ours[0]).dtype
+    dtype = get_path(shapes, rule.ours[0]).dtype
     for path, array in zip(rule.ours, _read(reader, rule, dtype)):
-        _check_shape(path, array, _get(shapes, path).shape)
-        _set(params, path, place(array, _get(shardings, path)))
+        _check_shape(path, array, get_path(shapes, path).shape)
+        set_path(params, path, place(array, get_path(shardings, path)))
 
 
 def _import_stacked(reader: SafetensorsReader, group: list[Rule], shardings: Any, shapes: Any, params: dict) -> None:
     """One per-layer rule across all layers -> stacked (layers, ...) params for scan_layers."""
     targets = [_scanned(p) for p in group[0].ours]
-    buffers = [np.empty(_get(shapes, t).shape, _get(shapes, t).dtype) for t in targets]
+    buffers = [np.empty(get_path(shapes, t).shape, get_path(shapes, t).dtype) for t in targets]
     for rule in sorted(group, key=lambda r: r.layer):
         for path, buf, array in zip(rule.ours, buffers, _read(reader, rule, buffers[0].dtype)):
             _check_shape(path, array, buf.shape[1:])
             buf[rule.layer] = array
     for target, buf in zip(targets, buffers):
-        _set(params, target, place(buf, _get(shardings, target)))
+        set_path(params, target, place(buf, get_path(shardings, target)))
 
 
 def import_params(reader: SafetensorsReader, spec: ModelSpec, shardings: Any, shapes: Any) -> dict:

@@ -19,7 +19,8 @@ from llm.checkpoint.manager import model_mismatch
 from llm.errors import UserError
 from llm.interop.hf_export import to_host
 from llm.peft.lora import LoraInfo, LoraTarget, add_lora, merge_trees, unmerge
-from llm.peft.spec import PeftSpec, get_path, set_path
+from llm.peft.spec import PeftSpec
+from llm.pytree import get_path, set_path
 
 WEIGHTS = "adapter.safetensors"
 META = "adapter.json"

@@ -23,8 +23,8 @@ from flax import nnx
 from llm.errors import UserError
 from llm.model.layers import Dense
 from llm.peft.abstract import is_abstract
-from llm.peft.spec import PeftSpec, get_path, set_path
-from llm.pytree import path_keys, path_str
+from llm.peft.spec import PeftSpec
+from llm.pytree import get_path, path_keys, path_str, set_path
 
 ADAPTER_KEYS = ("lora_a", "lora_b")
 

@@ -79,15 +79,3 @@ def peft_spec(config: ml_collections.ConfigDict) -> PeftSpec:
 
 def leaf_paths(tree: Any) -> list[str]:
     return [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
-
-
-def get_path(tree: Any, path: tuple) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def set_path(tree: dict, path: tuple, value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value

@@ -21,8 +21,8 @@ from llm.model.layers import kernel_input_dims
 from llm.peft.abstract import call, is_abstract
 from llm.peft.lora import abstract_module, add_lora, merge_trees, unmerge
 from llm.peft.quant import QTensor, can_quantize, quantize
-from llm.peft.spec import PeftSpec, set_path
-from llm.pytree import path_keys, path_str
+from llm.peft.spec import PeftSpec
+from llm.pytree import path_keys, path_str, set_path
 
 log = logging.getLogger("llm")
 
