@@ -5,16 +5,19 @@ in as a one-line error at start."""
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import tiny_config
 from llm.errors import UserError
-from llm.train.workdir import disk_error, disk_errors, prepare_workdir
+from llm.checkpoint.disk import check_free_space, disk_error, disk_errors
+from llm.train.workdir import prepare_workdir
 
 ARGS = [
     "--config", "configs/tiny.py", "--config.train.log_every=1", "--config.train.eval_every=0",
@@ -40,7 +43,7 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     """The CLI's one-line error; no traceback anywhere."""
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("llm train: error:")]
+    lines = re.findall(r"llm train: error: [^\r\n]*", proc.stderr)  # may follow an unfinished progress bar
     assert len(lines) == 1, proc.stderr[-3000:]
     return lines[0]
 
@@ -146,3 +149,26 @@ def test_disk_errors_become_one_line_naming_the_path_and_the_fix(tmp_path):
     with pytest.raises(KeyError):  # anything else keeps its type and traceback
         with disk_errors("/w"):
             raise KeyError("bug")
+
+
+def test_a_save_the_disk_has_no_room_for_is_refused_before_writing(tmp_path, monkeypatch):
+    tree = {"w": np.zeros((1024, 256), np.float32)}  # 1 MiB
+    check_free_space(tmp_path, tree)
+    monkeypatch.setattr("shutil.disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 2**19, 2**19))
+    with pytest.raises(UserError, match=r"needs about 1.0 MiB but the disk has 0.5 MiB free; free space on that disk"):
+        check_free_space(tmp_path / "checkpoints", tree)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_keeps_nothing_half_written(tmp_path):
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs root and permission to mount a small tmpfs")
+    try:  # room for the config, tokenizer and metrics, not for the ~5 MiB train state
+        line = error_line(llm_train(disk / "run", "--config.train.steps=1"))
+        assert list((disk / "run" / "checkpoints").iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+    assert f"saving a checkpoint to {str(disk / 'run' / 'checkpoints')!r} needs about" in line
+    assert "free space on that disk (or lower checkpoint.keep), then re-run the same command" in line

@@ -9,8 +9,6 @@ not live in is a one-line error at start, not a traceback at the first save.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import logging
 import os
@@ -19,7 +17,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
 
 import ml_collections
 
@@ -155,50 +152,6 @@ def prepare_workdir(workdir: str | Path, config: ml_collections.ConfigDict, over
         workdir.mkdir(parents=True, exist_ok=True)
         config_path.write_text(json.dumps(new, indent=2))
     return workdir
-
-
-# errno -> what the user can do about it, for errors writing the workdir while the run goes on.
-_DISK_FIXES = {
-    errno.ENOSPC: "free space on that disk (or lower checkpoint.keep), then re-run the same command to resume from the last checkpoint",
-    errno.EDQUOT: "free space within your quota, then re-run the same command to resume from the last checkpoint",
-    errno.EROFS: "the disk became read-only; remount it writable or copy the workdir elsewhere and re-run there",
-    errno.EACCES: "make the workdir writable again, then re-run the same command to resume",
-}
-_DISK_TEXT = {os.strerror(code): code for code in _DISK_FIXES}
-
-
-def _disk_errno(err: BaseException) -> int | None:
-    """The errno of a disk error anywhere in the chain; TensorStore reports them only as text."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in _DISK_FIXES:
-            return err.errno
-        for text, code in _DISK_TEXT.items():
-            if text in str(err):
-                return code
-        err = err.__cause__ or err.__context__
-    return None
-
-
-def disk_error(err: BaseException, path: str | Path, doing: str = "saving a checkpoint") -> UserError | None:
-    """A one-line UserError for a full, read-only or forbidden disk under `err`, else None."""
-    code = _disk_errno(err)
-    if code is None:
-        return None
-    return UserError(f"{doing} to {str(path)!r} failed: {os.strerror(code)}; {_DISK_FIXES[code]}")
-
-
-@contextlib.contextmanager
-def disk_errors(path: str | Path, doing: str = "saving a checkpoint") -> Iterator[None]:
-    """Turn a full / read-only disk inside the block into `disk_error`'s one line (others pass)."""
-    try:
-        yield
-    except Exception as err:  # noqa: BLE001 - Orbax and TensorStore wrap OSErrors in many types
-        converted = disk_error(err, path, doing)
-        if converted is None:
-            raise
-        raise converted from err
 
 
 def setup_logging(workdir: Path | None, enabled: bool = True) -> logging.Logger:
