@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from llm.checkpoint.disk import check_free_space, disk_errors
 from llm.errors import UserError
 
 log = logging.getLogger("llm")
@@ -79,13 +80,17 @@ class Checkpointer:
 
                 data_state = {"per_process": allgather_json(data_state)}
             args["data"] = ocp.args.JsonSave(data_state)
-        self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+        with disk_errors(self.directory):  # a full or read-only disk: one line, not pages of Orbax tracebacks
+            check_free_space(self.directory, state)
+            self.manager.save(step, args=ocp.args.Composite(**args), force=True)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with disk_errors(self.directory):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        with disk_errors(self.directory):
+            self.manager.wait_until_finished()
         self.manager.close()
 
     def read_metadata(self, step: int) -> dict:
