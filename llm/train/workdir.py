@@ -119,7 +119,7 @@ def _move_aside(workdir: Path) -> Path:
 def _read_config(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
@@ -131,6 +131,8 @@ def prepare_workdir(workdir: str | Path, config: ml_collections.ConfigDict, over
     new = json.loads(config.to_json_best_effort())
     if config_path.exists():
         old = _read_config(config_path)
+        if old is None and not write:  # process 0 decides: it may be moving the file aside right now
+            old = new
         diffs = ["config.json unreadable"] if old is None else _differences(_strip(old), _strip(new))
         if diffs and holds_run(workdir):
             if old is None and not overwrite:
