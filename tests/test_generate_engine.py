@@ -13,7 +13,9 @@ import pytest
 from flax import nnx
 
 from llm.config.base import base_config
+from llm.generate.cached_forward import hidden_states_cached
 from llm.generate.engine import Engine
+from llm.generate.kv_cache import init_cache
 from llm.generate.sampling import SamplingOptions
 from llm.model.build import abstract_model, param_shardings
 from llm.model.spec import model_spec
@@ -80,9 +82,9 @@ def test_cached_forward_with_left_padding_equals_the_plain_forward(family):
         pad = 12 - lens
         kv_valid = jnp.arange(20)[None, :] >= pad[:, None]
         positions = jnp.maximum(jnp.arange(12)[None, :] - pad[:, None], 0)
-        hidden, cache = model.hidden_states_cached(tokens, positions, kv_valid, model.init_cache(2, 20), jnp.int32(0))
+        hidden, cache = hidden_states_cached(model, tokens, positions, kv_valid, init_cache(model, 2, 20), jnp.int32(0))
         # One more token per row through the cache, at slot 12.
-        step, _ = model.hidden_states_cached(nxt, jnp.asarray(lens)[:, None], kv_valid, cache, jnp.int32(12))
+        step, _ = hidden_states_cached(model, nxt, jnp.asarray(lens)[:, None], kv_valid, cache, jnp.int32(12))
         plain = model.hidden_states(plain_tokens, jnp.broadcast_to(jnp.arange(12), (2, 12)))
         return hidden, step, plain
 

@@ -109,7 +109,7 @@ def test_greedy_cached_equals_full_recompute_and_logprobs(family, scan):
 
 def test_decoding_across_kv_cache_blocks_equals_full_recompute():
     """40 new tokens: a 64-slot new-token bucket, i.e. two decode blocks of the KV cache
-    (llm.generate.engine.cache_blocks) that attention starts reading one after the other;
+    (llm.generate.kv_cache.block_sizes) that attention starts reading one after the other;
     streamed in chunks that straddle the block boundary."""
     gen, forward = build()
     prompts = prompts_for((5, 23), seed=7)

@@ -4,9 +4,9 @@
 Layout: prompts are left-padded to a bucket length P, so every row's next token goes to the
 same cache slot (one `dynamic_update_slice` per step) while RoPE / learned positions stay
 per-row (`slot - pad`). The cache has S = P + N slots for N = the new-token bucket, held on
-CPU as blocks (`cache_blocks`) so that attention reads only the blocks decoding has reached.
-Shapes depend only on (batch, P, N, stop-list width), so prompts of other lengths reuse the
-compiled program.
+CPU as blocks (llm.generate.kv_cache) so that attention reads only the blocks decoding has
+reached. Shapes depend only on (batch, P, N, stop-list width), so prompts of other lengths
+reuse the compiled program.
 
 Everything is a pure function of pytrees (`nnx.merge` happens inside the jitted functions), and
 `decode` takes a step limit so the host can run the loop in chunks to stream tokens without
@@ -23,30 +23,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm.generate.sampling import SamplingMode, choose_tokens, token_logprobs
-from llm.model.attention import block_starts
-
-
-DECODE_BLOCK = 32
-
-
-def cache_blocks(prompt_slots: int, new_tokens: int, block: int = DECODE_BLOCK) -> tuple[int, ...]:
-    """Slots per KV-cache block: the prompt's, then the new tokens' in blocks of `block`,
-    `block`, then doubling (32, 32, 64, 128, ...).
-
-    A decode step is bound by reading the cache, and a step reads only the blocks up to the
-    one its token lands in (`decode` runs one loop per block), so on average it reads the
-    prompt plus about half of the new-token slots instead of the whole preallocated cache.
-    Each block costs one more compiled loop body, hence the doubling: a long generation gets
-    a logarithmic number of loops while no step reads more than about twice what it needs.
-    """
-    sizes = [prompt_slots]
-    left, size = new_tokens, block
-    while left > 0:
-        sizes.append(min(size, left))
-        left -= sizes[-1]
-        if len(sizes) > 2:
-            size *= 2
-    return tuple(sizes)
+from llm.generate.cached_forward import hidden_states_cached
+from llm.generate.kv_cache import DECODE_BLOCK, block_arrays, block_sizes, block_starts, init_cache
 
 
 class DecodeState(NamedTuple):
@@ -66,7 +44,7 @@ class DecodeState(NamedTuple):
     stop_ids: jax.Array  # (B, K) int32, -1 = no stop token
     temperature: jax.Array  # () f32
     top_p: jax.Array  # () f32
-    rope: Any = None  # RoPE (cos, sin) of `last`'s positions (Decoder.rope_tables), None without RoPE
+    rope: Any = None  # RoPE (cos, sin) of `last`'s positions (model.rope_tables), None without RoPE
 
 
 def _emit(state: DecodeState, logits: jax.Array, mode: SamplingMode, pad_id: int) -> DecodeState:
@@ -113,14 +91,14 @@ def prefill(
 ) -> DecodeState:
     """Run the left-padded prompts (B, P) through the model in one pass, fill the cache and
     choose the first new token of every row with max_new > 0. kv_block: slots per decode block
-    of the KV cache (`cache_blocks`), 0 = the whole cache as one block."""
+    of the KV cache (`kv_cache.block_sizes`), 0 = the whole cache as one block."""
     model = nnx.merge(graphdef, params)
     batch, p = prompts.shape
     pad = p - prompt_lens
     kv_valid = jnp.arange(p + new_tokens)[None, :] >= pad[:, None]
     positions = jnp.maximum(jnp.arange(p)[None, :] - pad[:, None], 0)
-    cache = model.init_cache(batch, p + new_tokens, blocks=cache_blocks(p, new_tokens, kv_block) if kv_block else None)
-    hidden, cache = model.hidden_states_cached(prompts, positions, kv_valid, cache, jnp.zeros((), jnp.int32), reach=0)
+    cache = init_cache(model, batch, p + new_tokens, blocks=block_sizes(p, new_tokens, kv_block) if kv_block else None)
+    hidden, cache = hidden_states_cached(model, prompts, positions, kv_valid, cache, jnp.zeros((), jnp.int32), reach=0)
     logits = model.logits(hidden[:, -1:])[:, 0]
     state = DecodeState(
         cache=cache,
@@ -143,8 +121,9 @@ def prefill(
 
 def _next_rope(model: Any, state: DecodeState) -> DecodeState:
     """Carry the RoPE tables for the next step's positions: a loop-carried value is
-    materialised once, where tables computed inside the step would be recomputed by every
-    layer's q/k fusion (see Decoder.rope_tables)."""
+    materialised once, where tables computed inside the step get fused, cos/sin and all, into
+    each layer's q and k rotation by XLA, which then evaluates them once per element (heads x
+    head_dim times too often) in every layer."""
     positions = jnp.minimum(state.positions, model.spec.max_seq_len - 1)[:, None]
     return state._replace(rope=model.rope_tables(positions))
 
@@ -172,7 +151,7 @@ def decode(
     prompt_slots = state.kv_valid.shape[1] - n
     max_position = model.spec.max_seq_len - 1
     stop_at = jnp.minimum(limit, n)
-    blocks = model.cache_blocks(state.cache)
+    blocks = block_arrays(state.cache, model.spec.scan_layers)
     sizes = [b.shape[-2] for b in blocks]
     starts = block_starts(blocks)
 
@@ -187,8 +166,8 @@ def decode(
         def body(s: DecodeState) -> DecodeState:
             index = prompt_slots + s.step - 1
             positions = jnp.minimum(s.positions, max_position)[:, None]
-            hidden, cache = model.hidden_states_cached(
-                s.last[:, None], positions, s.kv_valid, s.cache, index, s.rope, reach=reach
+            hidden, cache = hidden_states_cached(
+                model, s.last[:, None], positions, s.kv_valid, s.cache, index, s.rope, reach=reach
             )
             logits = model.logits(hidden)[:, 0]
             return _next_rope(model, _emit(s._replace(cache=cache), logits, mode, pad_id))

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib.version
 
+from llm.model.kernel import Kernel
+
 log = logging.getLogger("llm")
 
 WIDTH = 16
@@ -111,10 +113,11 @@ def panel_matmul(rows: jax.Array, panels: jax.Array) -> jax.Array:
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["panels"], meta_fields=["full_shape", "n_in"])
 @dataclasses.dataclass(frozen=True)
-class PanelKernel:
+class PanelKernel(Kernel):
     """A Dense kernel of shape `full_shape` viewed as a matrix (prod(in dims), prod(out dims)),
-    stored as 16-column panels (zero-padded on the right). Multiplies itself (Dense and the LM
-    head call `matmul`); `[...]` gives the kernel back. Only generation on CPU holds one."""
+    stored as 16-column panels (zero-padded on the right). A Kernel (llm.model.kernel): Dense
+    and the LM head call its `matmul`; `[...]` gives the kernel back. Only generation on CPU
+    holds one."""
 
     panels: jax.Array  # (P, K, WIDTH)
     full_shape: tuple[int, ...]

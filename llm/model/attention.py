@@ -77,53 +77,6 @@ def attend(q, k, v, mask, implementation: str, block: int = 0) -> jax.Array:
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
-Blocks = tuple  # a KV cache tensor split along its slots: (B, KV, n_j, hd) per block
-
-
-def block_starts(blocks: Blocks) -> list[int]:
-    """The first slot of each block (static)."""
-    starts, total = [], 0
-    for block in blocks:
-        starts.append(total)
-        total += block.shape[-2]
-    return starts
-
-
-def write_block(blocks: Blocks, new: jax.Array, index: jax.Array, reach: int) -> Blocks:
-    """Write new (B, KV, t, hd) at slots index..index+t-1 of the blocked cache; the caller
-    guarantees they lie inside block `reach` (static), so only that block is touched."""
-    offset = index - block_starts(blocks)[reach]
-    out = list(blocks)
-    out[reach] = jax.lax.dynamic_update_slice(blocks[reach], new, (0, 0, offset, 0))
-    return tuple(out)
-
-
-def cache_attention(q: jax.Array, k_blocks: Blocks, v_blocks: Blocks, mask: jax.Array) -> jax.Array:
-    """Attention of q (B, T, H, hd) over a KV cache laid out (B, KV, S, hd) and split along S
-    into blocks, under a boolean mask (B, 1, T, S) over those blocks' slots. Returns (B, T, H, hd).
-
-    The cache keeps (batch, kv head) leading so both matmuls are batched dots with no transpose
-    of the cache: `jax.nn.dot_product_attention` takes (B, S, KV, hd) and XLA would copy the whole
-    cache into the other layout every decode step. Query head h reads kv head h // (H / KV), as
-    in jax.nn.dot_product_attention and Hugging Face's repeat_kv. Scores and softmax are f32.
-    The caller passes only the blocks decoding has reached (see Decoder.hidden_states_cached).
-    """
-    b, t, h, hd = q.shape
-    kv = k_blocks[0].shape[1]
-    g = h // kv
-    qg = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
-    scores = [jnp.einsum("bkqd,bksd->bkqs", qg, k, preferred_element_type=jnp.float32) for k in k_blocks]
-    scores = (scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)).reshape(b, kv, g, t, -1) * (hd**-0.5)
-    scores = jnp.where(mask[:, :, None], scores, -1e30)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_blocks[0].dtype).reshape(b, kv, g * t, -1)
-    out = None
-    for start, v in zip(block_starts(v_blocks), v_blocks):
-        p = probs if len(v_blocks) == 1 else probs[..., start : start + v.shape[2]]
-        part = jnp.einsum("bkqs,bksd->bkqd", p, v)
-        out = part if out is None else out + part
-    return out.reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd).astype(q.dtype)
-
-
 class Attention(nnx.Module):
     def __init__(self, spec: ModelSpec, rules: AxisRules, rngs: nnx.Rngs):
         d, h, kv, hd = spec.d_model, spec.n_heads, spec.n_kv_heads, spec.head_dim
@@ -140,7 +93,7 @@ class Attention(nnx.Module):
         self.spec = spec
         self.rules = rules
 
-    def _qkv(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def qkv(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q, k, v for x (batch, length, d_model), q and k rotated by `rope` (None: no RoPE)."""
         cd = self.spec.compute_dtype
         q = self.rules.constrain(self.q(x, cd), ("batch", "length", "act_heads", None))
@@ -153,36 +106,10 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, mask: jax.Array | None) -> jax.Array:
         """Causal self-attention of x (batch, length, d_model); `rope` holds the (cos, sin) tables
         of x's positions (llm.model.rope.rope_tables), None without RoPE."""
-        q, k, v = self._qkv(x, rope)
-        out = attend(q, k, v, mask, self.spec.attention_impl, self.spec.attention_block)
-        out = self.rules.constrain(out, ("batch", "length", "act_heads", None))
-        return self.o(out, self.spec.compute_dtype)
+        q, k, v = self.qkv(x, rope)
+        return self.project(attend(q, k, v, mask, self.spec.attention_impl, self.spec.attention_block))
 
-    def cached(
-        self,
-        x: jax.Array,
-        rope: tuple[jax.Array, jax.Array] | None,
-        mask: jax.Array,
-        k_cache: Blocks,
-        v_cache: Blocks,
-        index: jax.Array,
-        reach: int = 0,
-    ) -> tuple[jax.Array, Blocks, Blocks]:
-        """Attention for generation over a preallocated KV cache, (B, KV, S, hd) per tensor split
-        into blocks along S (a tuple; see cache_attention).
-
-        x (B, T, d) holds the tokens of cache slots index .. index+T-1, which lie inside block
-        `reach` (static); their keys and values are written there and the queries attend over
-        blocks 0..reach under `mask` (B, 1, T, slots of those blocks), which the caller builds
-        from slot validity and causality. Later blocks are neither read nor written. `rope`
-        holds the (cos, sin) tables of x's positions (llm.model.rope.rope_tables), None without
-        RoPE. Returns (out, k_cache, v_cache).
-        """
-        q, k, v = self._qkv(x, rope)
-        k_cache = write_block(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache[0].dtype), index, reach)
-        v_cache = write_block(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache[0].dtype), index, reach)
-        cd = self.spec.compute_dtype
-        read = lambda blocks: tuple(c.astype(cd) for c in blocks[: reach + 1])
-        out = cache_attention(q, read(k_cache), read(v_cache), mask)
-        out = self.rules.constrain(out, ("batch", "length", "act_heads", None))
-        return self.o(out, cd), k_cache, v_cache
+    def project(self, heads: jax.Array) -> jax.Array:
+        """The output projection of the attended heads (batch, length, heads, head_dim)."""
+        heads = self.rules.constrain(heads, ("batch", "length", "act_heads", None))
+        return self.o(heads, self.spec.compute_dtype)

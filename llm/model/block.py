@@ -50,20 +50,3 @@ class Block(nnx.Module):
         x = self.rules.constrain(x, ("batch", "length", "act_embed"))
         x = x + self.mlp(self.mlp_norm(x), self.rules)
         return self.rules.constrain(x, ("batch", "length", "act_embed"))
-
-    def cached(
-        self,
-        x: jax.Array,
-        rope: tuple[jax.Array, jax.Array] | None,
-        mask: jax.Array,
-        k_cache: tuple,
-        v_cache: tuple,
-        index: jax.Array,
-        reach: int = 0,
-    ) -> tuple[jax.Array, tuple, tuple]:
-        """The block for generation: attention reads and writes this layer's blocked KV cache
-        (see Attention.cached). Returns (x, k_cache, v_cache)."""
-        h, k_cache, v_cache = self.attn.cached(self.attn_norm(x), rope, mask, k_cache, v_cache, index, reach)
-        x = self.rules.constrain(x + h, ("batch", "length", "act_embed"))
-        x = x + self.mlp(self.mlp_norm(x), self.rules)
-        return self.rules.constrain(x, ("batch", "length", "act_embed")), k_cache, v_cache

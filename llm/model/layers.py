@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from llm.model.kernel import matmul
 
 
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Sequence[str], dtype) -> nnx.Param:
@@ -17,25 +18,24 @@ def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Sequence[str], dtype
     return nnx.Param(init(rngs.params(), tuple(shape), dtype), logical_axes=tuple(axes))
 
 
-def _flat_matmul(x: jax.Array, kernel: jax.Array, n_in: int) -> jax.Array:
-    """x (..., *in) @ kernel (*in, *out) as one 2-D GEMM: (rows, in) @ (in, out).
-
-    A plain 2-D dot is what CPU and accelerator GEMM kernels run fastest, forward and backward;
-    multi-dimensional einsums make XLA insert transposes around the dots.
-    """
-    in_shape, out_shape = kernel.shape[:n_in], kernel.shape[n_in:]
-    lead = x.shape[: x.ndim - n_in]
-    rows = x.reshape(-1, math.prod(in_shape))
-    y = rows @ kernel.reshape(math.prod(in_shape), math.prod(out_shape))
-    return y.reshape(*lead, *out_shape)
-
-
 class Dense(nnx.Module):
-    """A linear map over named input dims to named output dims, computed with einsum.
+    """A linear map over named input dims to named output dims, as one 2-D GEMM.
 
     Kernels keep their natural head structure (e.g. (embed, heads, kv)) so tensor-parallel
-    rules can split heads without reshapes.
+    rules can split heads without reshapes. The kernel is a plain array or a Kernel
+    (llm.model.kernel) that multiplies itself.
+
+    A low-rank adapter may sit beside the kernel (LoRA): a parameter-tree transform
+    (llm.peft.lora) sets `lora_a` (*in, r) and `lora_b` (r, *out), `lora_scale`, and with
+    dropout `lora_dropout_key` / `lora_dropout_rate` (fed per step). The class attributes below
+    are those slots' defaults: no adapter.
     """
+
+    lora_a = None
+    lora_b = None
+    lora_scale = 0.0
+    lora_dropout_key = None
+    lora_dropout_rate = None
 
     def __init__(
         self,
@@ -56,12 +56,8 @@ class Dense(nnx.Module):
         self.bias = param(rngs, nnx.initializers.zeros, out_shape, out_axes, dtype) if use_bias else None
 
     def __call__(self, x: jax.Array, compute_dtype) -> jax.Array:
-        stored = self.kernel.get_value()
-        if hasattr(stored, "matmul"):  # a quantized (llm.peft.quant) or packed (llm.generate.layout) kernel multiplies itself
-            y = stored.matmul(x, self.n_in, compute_dtype).astype(compute_dtype)
-        else:
-            y = _flat_matmul(x.astype(compute_dtype), self.kernel[...].astype(compute_dtype), self.n_in)
-        if getattr(self, "lora_a", None) is not None:
+        y = matmul(self.kernel.get_value(), x, self.n_in, compute_dtype)
+        if self.lora_a is not None:
             y = y + self._low_rank(x, compute_dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(compute_dtype)
@@ -69,17 +65,14 @@ class Dense(nnx.Module):
 
     def _low_rank(self, x: jax.Array, compute_dtype) -> jax.Array:
         """(dropout(x) A) (scale B): a low-rank term beside the kernel, never folded into it, so a
-        frozen kernel needs no weight-gradient matmul. Only present when a parameter-tree
-        transform (llm.peft.lora) has set `lora_a`, `lora_b`, `lora_scale` (and, with dropout,
-        `lora_dropout_key` / `lora_dropout_rate` variables fed per step) on this layer.
+        frozen kernel needs no weight-gradient matmul.
 
         Computed as 2-D matmuls on flattened dims with the scale folded into the small B: on
         CPU this halves the adapter's cost against einsums over the batch / head dims."""
         x = x.astype(compute_dtype)
-        key = getattr(self, "lora_dropout_key", None)
-        if key is not None:
+        if self.lora_dropout_key is not None:
             keep = 1.0 - self.lora_dropout_rate[...].astype(jnp.float32)
-            mask = jax.random.bernoulli(jax.random.wrap_key_data(key[...]), keep, x.shape)
+            mask = jax.random.bernoulli(jax.random.wrap_key_data(self.lora_dropout_key[...]), keep, x.shape)
             x = jnp.where(mask, x / keep.astype(compute_dtype), 0).astype(compute_dtype)
         a = self.lora_a[...].astype(compute_dtype)
         b = self.lora_b[...].astype(compute_dtype)

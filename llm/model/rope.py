@@ -40,9 +40,7 @@ def rope_tables(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, 
 def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Rotate x (batch, length, heads, head_dim) by precomputed tables (see rope_tables).
 
-    The decoder computes the tables once per forward and shares them across layers. XLA may
-    still fuse cos/sin into each rotation and evaluate them per element of q and k (it does on
-    CPU unless the layers are scanned), so the decode loop carries them one step ahead."""
+    The decoder computes the tables once per forward and shares them across layers."""
     x32 = x.astype(jnp.float32)
     half = x.shape[-1] // 2
     x1, x2 = x32[..., :half], x32[..., half:]

@@ -5,9 +5,10 @@ A QTensor replaces an array leaf of the frozen tree. Its layout views the weight
 and stores one f32 scale (the block's absolute maximum) per `block` consecutive rows of a
 column. NF4 packs two 4-bit codes per byte: 0.5 + 4 / block bytes per value (0.5625 at 64).
 
-`qtensor[...]` returns the dequantized array, so model code that reads `variable[...]`
-(Dense kernels, the embedding, the LM head) runs unchanged; the dequantize is elementwise work
-feeding the matmul, which XLA fuses into the dot's operand on GPU and TPU.
+A QTensor is a Kernel (llm.model.kernel): Dense layers and an untied LM head call its
+`matmul`, and `qtensor[...]` returns the dequantized array for model code that reads
+`variable[...]` (the embedding). The dequantize is elementwise work feeding the matmul, which
+XLA fuses into the dot's operand on GPU and TPU.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm.errors import UserError
+from llm.model.kernel import Kernel
 
 # The 16 NF4 levels (QLoRA, Dettmers et al. 2023): quantiles of N(0, 1) scaled to [-1, 1], with an exact 0.
 NF4_LEVELS = np.array([
@@ -35,7 +37,7 @@ _NF4_MIDPOINTS = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class QTensor:
+class QTensor(Kernel):
     codes: jax.Array  # int8 (*lead, rows, cols) or uint8 (*lead, rows / 2, cols) for nf4
     scales: jax.Array  # f32 (*lead, rows / block, cols)
     shape: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))  # the logical shape

@@ -1,0 +1,110 @@
+"""The KV cache of generation: preallocated, laid out (batch, kv heads, slots, head_dim) per
+layer, and split along the slots into blocks so a decode step reads only the blocks it has
+reached (llm.generate.engine.decode runs one loop per block).
+
+Cache = {"k": blocks, "v": blocks}; blocks is a tuple over cache blocks, each either a tuple of
+per-layer (B, KV, n, hd) arrays, or one (n_layers, B, KV, n, hd) array when the model's layers
+are scanned.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Blocks = tuple  # one layer's K or V split along its slots: (B, KV, n_j, hd) per block
+
+DECODE_BLOCK = 32
+
+
+def block_sizes(prompt_slots: int, new_tokens: int, block: int = DECODE_BLOCK) -> tuple[int, ...]:
+    """Slots per KV-cache block: the prompt's, then the new tokens' in blocks of `block`,
+    `block`, then doubling (32, 32, 64, 128, ...).
+
+    A decode step is bound by reading the cache, and a step reads only the blocks up to the
+    one its token lands in (`decode` runs one loop per block), so on average it reads the
+    prompt plus about half of the new-token slots instead of the whole preallocated cache.
+    Each block costs one more compiled loop body, hence the doubling: a long generation gets
+    a logarithmic number of loops while no step reads more than about twice what it needs.
+    """
+    sizes = [prompt_slots]
+    left, size = new_tokens, block
+    while left > 0:
+        sizes.append(min(size, left))
+        left -= sizes[-1]
+        if len(sizes) > 2:
+            size *= 2
+    return tuple(sizes)
+
+
+def init_cache(model: nnx.Module, batch: int, length: int, dtype=None, blocks: Sequence[int] | None = None) -> dict:
+    """An empty KV cache of the decoder `model` for `length` slots, split into blocks of the given
+    sizes (default: one block), in `dtype` (default: the compute dtype). Sharded like the
+    attention activations."""
+    spec, rules = model.spec, model.rules
+    dtype = dtype or spec.compute_dtype
+    blocks = tuple(blocks or (length,))
+    if sum(blocks) != length:
+        raise ValueError(f"cache blocks {blocks} do not add up to {length} slots")
+    names = ("batch", "act_kv_heads", "length", None)
+
+    def block(n: int):
+        shape = (batch, spec.n_kv_heads, n, spec.head_dim)
+        if spec.scan_layers:
+            return rules.constrain(jnp.zeros((spec.n_layers, *shape), dtype), ("layers", *names))
+        return tuple(rules.constrain(jnp.zeros(shape, dtype), names) for _ in range(spec.n_layers))
+
+    return {"k": tuple(block(n) for n in blocks), "v": tuple(block(n) for n in blocks)}
+
+
+def block_arrays(cache: dict, scanned: bool) -> list[jax.Array]:
+    """One array per cache block (layer 0's when the layers are a tuple): its shape[-2] is the
+    block's slots."""
+    return [kb if scanned else kb[0] for kb in cache["k"]]
+
+
+def block_starts(blocks: Sequence[jax.Array]) -> list[int]:
+    """The first slot of each block (static)."""
+    starts, total = [], 0
+    for block in blocks:
+        starts.append(total)
+        total += block.shape[-2]
+    return starts
+
+
+def write_block(blocks: Blocks, new: jax.Array, index: jax.Array, reach: int) -> Blocks:
+    """Write new (B, KV, t, hd) at slots index..index+t-1 of the blocked cache; the caller
+    guarantees they lie inside block `reach` (static), so only that block is touched."""
+    offset = index - block_starts(blocks)[reach]
+    out = list(blocks)
+    out[reach] = jax.lax.dynamic_update_slice(blocks[reach], new, (0, 0, offset, 0))
+    return tuple(out)
+
+
+def cache_attention(q: jax.Array, k_blocks: Blocks, v_blocks: Blocks, mask: jax.Array) -> jax.Array:
+    """Attention of q (B, T, H, hd) over a KV cache laid out (B, KV, S, hd) and split along S
+    into blocks, under a boolean mask (B, 1, T, S) over those blocks' slots. Returns (B, T, H, hd).
+
+    The cache keeps (batch, kv head) leading so both matmuls are batched dots with no transpose
+    of the cache: `jax.nn.dot_product_attention` takes (B, S, KV, hd) and XLA would copy the whole
+    cache into the other layout every decode step. Query head h reads kv head h // (H / KV), as
+    in jax.nn.dot_product_attention and Hugging Face's repeat_kv. Scores and softmax are f32.
+    The caller passes only the blocks decoding has reached (llm.generate.cached_forward).
+    """
+    b, t, h, hd = q.shape
+    kv = k_blocks[0].shape[1]
+    g = h // kv
+    qg = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
+    scores = [jnp.einsum("bkqd,bksd->bkqs", qg, k, preferred_element_type=jnp.float32) for k in k_blocks]
+    scores = (scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)).reshape(b, kv, g, t, -1) * (hd**-0.5)
+    scores = jnp.where(mask[:, :, None], scores, -1e30)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_blocks[0].dtype).reshape(b, kv, g * t, -1)
+    out = None
+    for start, v in zip(block_starts(v_blocks), v_blocks):
+        p = probs if len(v_blocks) == 1 else probs[..., start : start + v.shape[2]]
+        part = jnp.einsum("bkqs,bksd->bkqd", p, v)
+        out = part if out is None else out + part
+    return out.reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd).astype(q.dtype)
