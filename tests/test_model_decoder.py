@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers import random_batch, tiny_config
+from helpers import assert_trees_close_at_scale, random_batch, tiny_config
 from llm.model.build import init_params
 from llm.model.rope import inverse_frequencies
 from llm.model.spec import model_spec
@@ -55,8 +55,7 @@ def test_remat_keeps_loss_and_gradients(policy):
     batch = random_batch(256, 2, 32)
     results = [loss_and_grads(batch, f"model.remat={remat}", "model.scan_layers=true") for remat in ("none", policy)]
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
-    for g0, g1 in zip(jax.tree_util.tree_leaves(results[0][1]), jax.tree_util.tree_leaves(results[1][1])):
-        np.testing.assert_allclose(g0, g1, rtol=1e-5, atol=1e-7)
+    assert_trees_close_at_scale(results[1][1], results[0][1])
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -139,6 +138,5 @@ def test_blocked_attention_model_matches_xla(family):
         for impl in ("xla", "blocked")
     ]
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
-    for g0, g1 in zip(jax.tree_util.tree_leaves(results[0][1]), jax.tree_util.tree_leaves(results[1][1])):
-        np.testing.assert_allclose(g0, g1, rtol=1e-4, atol=1e-6)
+    assert_trees_close_at_scale(results[1][1], results[0][1])  # summation order differs by CPU (AVX2 / AVX-512)
 

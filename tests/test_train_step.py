@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import random_batch, tiny_config
+from helpers import assert_trees_close_at_scale, random_batch, tiny_config
 from llm.model.build import init_params
 from llm.model.spec import model_spec
 from llm.parallel.mesh import build_mesh
@@ -60,8 +60,7 @@ def test_gradient_accumulation_equals_the_big_batch():
     _, big, big_losses = run_steps(tiny_config(*base), devices, batches)
     _, acc, acc_losses = run_steps(tiny_config(*base, "train.grad_accum=4"), devices, batches)
     np.testing.assert_allclose(acc_losses, big_losses, rtol=1e-5)
-    for a, b in zip(jax.tree_util.tree_leaves(acc.params), jax.tree_util.tree_leaves(big.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert_trees_close_at_scale(acc.params, big.params)
 
 
 def test_nonfinite_step_is_skipped_under_the_skip_policy():
