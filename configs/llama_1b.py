@@ -2,13 +2,12 @@
 
 Run on one GPU:
   llm train --config configs/llama_1b.py --workdir runs/llama1b --config.data.path='corpus/*.txt'
-Expect: ~1.24B parameters; sequence 2048 in bf16 with save_matmul remat over scanned layers.
+Expect: 1.24B parameters; sequence 2048 in bf16 with save_matmul remat over scanned layers.
 Mesh: one device (data=-1 = all devices; on a multi-GPU node it becomes data parallel).
-Memory: compiled with the TPU compiler for one v5p chip as a stand-in for one GPU (llm compile's
-machinery, `abstract_setup(config, one_device)`; no GPU compiler was at hand): 4.60 GiB f32
-parameters + 9.21 GiB AdamW state + 43.15 GiB temporaries (mostly the f32 logits over the
-128256-token vocabulary and their gradient) = 57 GiB: an 80 GB H100 fits it; a 40 GB GPU would
-need smaller micro-batches through train.grad_accum (same global batch; not compiled here).
+Memory, by count (1,235,814,400 parameters from the abstract model, 2026-12-04): 4.60 GiB of
+f32 parameters + 9.21 GiB of AdamW moments, before activations. Whether a given GPU holds the
+whole step has not been measured (no GPU was available; `llm compile` covers TPU slices only):
+if it runs out of memory, lower the micro-batch with train.grad_accum (same global batch).
 """
 
 from llm.config.base import base_config

@@ -2,6 +2,7 @@
 parameter count."""
 
 import ast
+import re
 from pathlib import Path
 
 import jax
@@ -50,6 +51,9 @@ def test_every_config_initialises_abstractly(path):
     _, state = abstract_model(spec, AxisRules.from_config(config.mesh.rules))
     counted = sum(x.size for x in jax.tree_util.tree_leaves(nnx.to_pure_dict(state)))
     assert counted == param_count(spec)
+    # An exact parameter count in the docstring ("124,475,904 parameters") is this model's.
+    for stated in re.findall(r"(\d{1,3}(?:,\d{3})+) parameters", doc):
+        assert int(stated.replace(",", "")) == counted, f"{path} docstring says {stated} parameters, the model has {counted:,}"
 
 
 def test_known_parameter_counts():
