@@ -92,6 +92,19 @@ def test_truncated_latest_falls_back_and_invalid_step_is_an_error(tmp_path):
     assert ckpt.steps() == [2] and [p.name[:10] for p in ckdir.glob("damaged-*")] == ["damaged-4-"]
 
 
+def test_restarting_from_an_earlier_step_saves_the_steps_it_redoes(tmp_path):
+    """restore_step=2 with 4 on disk: the re-done step 4 is saved (the old one is moved aside,
+    never deleted), so the latest checkpoint is this run's, not a stale one from before."""
+    train(tmp_path, "train.steps=4")
+    ckdir = tmp_path / "run" / "checkpoints"
+    old_meta = (ckdir / "4" / "meta" / "metadata").read_bytes()
+    config, summary = train(tmp_path, "train.steps=4", "checkpoint.restore_step=2")
+    assert summary["start_step"] == 2 and summary["saved_steps"] == [4]
+    assert sorted(int(p.name) for p in ckdir.iterdir() if p.name.isdigit()) == [2, 4]
+    assert [p.name[:13] for p in ckdir.glob("superseded-*")] == ["superseded-4-"]
+    assert (ckdir / "4" / "meta" / "metadata").read_bytes() != old_meta  # this run's config (restore_step=2) is in it
+
+
 def test_checkpoint_of_another_model_shape_is_refused(tmp_path):
     train(tmp_path, "train.steps=2")
     other = tiny_config(*SHORT, "model.d_model=64")

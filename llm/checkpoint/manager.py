@@ -6,7 +6,9 @@ fingerprint). Orbax writes each step into a temporary directory and renames it w
 so a half-written checkpoint is never picked up; a finished one that is damaged later is
 detected at restore, moved aside to `checkpoints/damaged-<step>-<time>/` (kept for inspection,
 invisible to Orbax, so it neither blocks saving that step again nor counts towards `keep`) and
-the previous one is used.
+the previous one is used. A run restarted from an explicit earlier step
+(`checkpoint.restore_step`) moves the newer steps aside to `superseded-<step>-<time>/` the same
+way, so the steps it re-does are saved again instead of keeping the old run's.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ class Checkpointer:
                 )
             self.check_compatible(step, tokenizer_fingerprint)
             try:
-                return (*self._restore_one(step, abstract_state), step)
+                restored = self._restore_one(step, abstract_state)
             except Exception as err:  # noqa: BLE001 - Orbax raises many types for damaged files
                 path = self.directory / str(step)
                 others = [s for s in steps if s != step]
@@ -156,6 +158,9 @@ class Checkpointer:
                     f"--config.checkpoint.restore_step (other steps: {others or 'none'}; -1 = the latest valid one), "
                     f"or remove {path}"
                 ) from err
+            for newer in [s for s in steps if s > step]:  # the run re-does them: its saves must not be skipped
+                self._move_aside(newer, "superseded")
+            return (*restored, step)
         damaged = []
         for candidate in reversed(steps):
             self.check_compatible(candidate, tokenizer_fingerprint)
@@ -175,25 +180,27 @@ class Checkpointer:
             raise UserError(f"every checkpoint in {self.directory} is damaged ({steps}); remove them or use a new --workdir")
         return None
 
-    def _move_aside(self, step: int) -> Path | None:
-        """Rename a damaged step to `damaged-<step>-<time>` so the step can be saved again.
+    def _move_aside(self, step: int, why: str = "damaged") -> Path | None:
+        """Rename a step to `<why>-<step>-<time>` (damaged, or superseded by a run restarted from
+        an earlier step) so the step can be saved again.
 
         Never deletes it. Process 0 renames (the directory is shared); every process then
         re-reads the step list."""
         if self.read_only:
             return None
-        aside = self.directory / f"damaged-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        stamp = time.strftime('%Y%m%d-%H%M%S')
+        aside = self.directory / f"{why}-{step}-{stamp}"
         for n in range(1, 1000):
             if not aside.exists():
                 break
-            aside = aside.with_name(f"damaged-{step}-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+            aside = aside.with_name(f"{why}-{step}-{stamp}-{n}")
         if jax.process_index() == 0:
             shutil.move(str(self.directory / str(step)), aside)
-            log.warning("moved damaged checkpoint %s to %s; step %d will be saved again", self.directory / str(step), aside, step)
+            log.warning("moved %s checkpoint %s to %s; step %d will be saved again", why, self.directory / str(step), aside, step)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            multihost_utils.sync_global_devices(f"llm-checkpoint-moved-aside-{step}")
+            multihost_utils.sync_global_devices(f"llm-checkpoint-moved-aside-{why}-{step}")
         self.manager.reload()
         return aside
 
