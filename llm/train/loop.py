@@ -259,7 +259,7 @@ def run_training(
         summary["start_eval_loss"] = result["eval_loss"]
         log.info("step 0: eval loss %.4f, perplexity %.2f (start weights)", result["eval_loss"], result["eval_perplexity"])
     bar = tqdm(total=total, initial=step, disable=not is_main, desc="train", unit="step", dynamic_ncols=True)
-    with _Preemption(jax.process_count() > 1) as preemption:
+    with _Preemption(jax.process_count() > 1) as preemption, bar:  # the bar closes on errors too (a one-line error starts its own line)
         while step < total:
             if preemption.requested or ckpt.manager.reached_preemption(step):
                 save(step)
@@ -315,7 +315,6 @@ def run_training(
                 save(step)
         else:
             save(step)
-    bar.close()
     ckpt.close()
     metrics_log.close()
     if is_main and (workdir / "metrics.jsonl").exists():
