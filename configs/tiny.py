@@ -1,9 +1,11 @@
-"""tiny: a 2-layer byte-level Llama that trains in seconds per step on a laptop CPU.
+"""tiny: a 2-layer byte-level Llama (459,392 parameters) that trains in well under a second per
+step on a laptop CPU.
 
 Run:
   llm train --config configs/tiny.py --workdir runs/tiny
-Expect: the loss falls from ~5.5 (uniform over 256 bytes) to below 2.5 in 200 steps on the
-built-in text; about 0.1 s per step on 2 CPU cores.
+Expect: the loss starts near ln 256 = 5.5 (uniform over bytes). Measured with that command on the
+2-core development VM on 2026-12-04, with other jobs sharing the cores: training loss 3.39 at step
+10 and 2.34 at step 200, eval loss 2.86; 0.15-0.26 s per step.
 """
 
 from llm.config.base import base_config
