@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.precision = ml_collections.ConfigDict()
     c.precision.params = "float32"
     c.precision.compute = "auto"  # auto = bfloat16 on GPU/TPU, float32 on CPU
-    c.precision.optimizer_state = "float32"
+    c.precision.optimizer_state = "float32"  # float32 | bfloat16: the dtype both Adam moments are stored in
 
     c.data = ml_collections.ConfigDict()
     d = c.data
