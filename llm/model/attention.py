@@ -12,12 +12,11 @@ from llm.model.spec import ModelSpec
 from llm.parallel.rules import AxisRules
 
 
-def attention_mask(segment_ids: jax.Array | None, q_len: int, kv_len: int | None = None) -> jax.Array | None:
-    """Boolean (B, 1, T, S) mask: causal and same-segment. None when there are no segments."""
+def attention_mask(segment_ids: jax.Array | None, length: int) -> jax.Array | None:
+    """Boolean (B, 1, T, T) mask: causal and same-segment. None when there are no segments."""
     if segment_ids is None:
         return None
-    kv_len = kv_len or q_len
-    causal = jnp.tril(jnp.ones((q_len, kv_len), dtype=bool), k=kv_len - q_len)
+    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
     return (same & causal)[:, None, :, :]
 
