@@ -110,3 +110,15 @@ def test_lora_step_for_small_needs_at_most_0_72_of_the_full_step_flops():
     print(f"small: LoRA step {adapted['step_flops']:.3g} FLOPs vs full {full['step_flops']:.3g}: {ratio:.3f}")
     assert full["step_flops"] > 1e11
     assert ratio <= 0.72
+
+
+def test_qlora_with_lora_dropout_builds_and_trains():
+    """The quantizer inspects the adapted graph, which holds the dropout slots: it must get their
+    leaves too (this raised 'Incorrect number of leaves' before)."""
+    config = tiny_config("peft.lora_rank=4", "peft.quantize=nf4", "peft.lora_dropout=0.1", "data.seq_len=64",
+                         "optim.lr=1e-2", "optim.warmup_steps=0")
+    setup, state, frozen, info = partitioned(config)
+    assert info.dropout == 0.1 and any(type(x).__name__ == "QTensor" for x in jax.tree_util.tree_leaves(
+        frozen, is_leaf=lambda x: type(x).__name__ == "QTensor"))
+    state, metrics = setup.train_step(state, setup.shard_batch(random_batch(256, 8, 64, packed=True)), frozen)
+    assert np.isfinite(float(metrics["loss"]))

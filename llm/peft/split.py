@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from llm.errors import UserError
 from llm.model.layers import kernel_input_dims
 from llm.peft.abstract import call, is_abstract
-from llm.peft.lora import abstract_module, add_lora, merge_trees, unmerge
+from llm.peft.lora import abstract_module, add_lora, merge_trees, unmerge, with_runtime_leaves
 from llm.peft.quant import QTensor, can_quantize, quantize
 from llm.peft.spec import PeftSpec
 from llm.pytree import path_keys, path_str, set_path
@@ -114,10 +114,11 @@ def split_params(
 ) -> tuple[nnx.GraphDef, dict, dict]:
     """(graphdef, trainable, frozen). `extra_trainable` (e.g. a classification head) is always trained."""
     if spec.lora:
-        graphdef, adapted, _ = add_lora(graphdef, params, spec, seed)
+        graphdef, adapted, info = add_lora(graphdef, params, spec, seed)
         frozen, trainable = unmerge(adapted)
-        if spec.quantize:
-            frozen = quantize_base(frozen, abstract_module(graphdef, adapted), spec.quantize, spec.quant_block)
+        if spec.quantize:  # the graph holds the dropout slots too: give it their (abstract) leaves
+            module = abstract_module(graphdef, with_runtime_leaves(adapted, info, None))
+            frozen = quantize_base(frozen, module, spec.quantize, spec.quant_block)
     else:
         mask = freeze_mask(params, spec.freeze)
         trainable, frozen = {}, {}
