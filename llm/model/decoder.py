@@ -99,7 +99,7 @@ class Decoder(nnx.Module):
         cd = self.spec.compute_dtype
         head = self.embed[...].T if self.head is None else self.head.get_value()
         if isinstance(head, Kernel):
-            logits = head.matmul(hidden, 1, cd)
+            logits = head.matmul(hidden, 1, cd).astype(jnp.float32)  # the loss and sampler read f32 logits
         else:
             logits = jnp.einsum("btd,dv->btv", hidden.astype(cd), head.astype(cd), preferred_element_type=jnp.float32)
         logits = self.rules.constrain(logits, ("batch", "length", "act_vocab"))
