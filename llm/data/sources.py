@@ -96,6 +96,17 @@ def decode_utf8(data: bytes, where: str) -> str | BadRecord:
         return BadRecord("non-UTF-8 bytes", f"{where}:{line}")
 
 
+def json_object(text: str, where: str, hint: str = "") -> dict | BadRecord:
+    """One JSON object from a line or record; anything else is a BadRecord naming the cause."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        return BadRecord(f"malformed JSON ({err.msg}){hint}", where)
+    if not isinstance(record, dict):
+        return BadRecord(f"JSON record is a {type(record).__name__}, expected an object", where)
+    return record
+
+
 class TextFiles:
     """One document per file."""
 
@@ -169,13 +180,7 @@ class JsonlFiles:
         text = decode_utf8(raw, where)
         if isinstance(text, BadRecord):
             return BadRecord(text.reason, where)
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            return BadRecord(f"malformed JSON ({err.msg})", where)
-        if not isinstance(record, dict):
-            return BadRecord(f"JSON line is a {type(record).__name__}, expected an object", where)
-        return record
+        return json_object(text, where)
 
     def key(self, i: int) -> str:
         return f"{_relative(self.files[int(self._file[i])], self.root)}:{int(self._line[i])}"
@@ -363,13 +368,7 @@ class ArrayRecordFiles:
         text = decode_utf8(raw, where)
         if isinstance(text, BadRecord) or self.record_format == "text":
             return text if not isinstance(text, BadRecord) else BadRecord(text.reason, where)
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            return BadRecord(f"malformed JSON record ({err.msg}); set data.record_format=text for raw text", where)
-        if not isinstance(record, dict):
-            return BadRecord(f"record is a {type(record).__name__}, expected a JSON object", where)
-        return record
+        return json_object(text, where, "; set data.record_format=text for raw text")
 
     def key(self, i: int) -> str:
         fid, j = self._locate(i)
