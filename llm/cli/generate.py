@@ -29,7 +29,7 @@ from llm.errors import UserError
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="complete prompts with a trained model (KV-cache sampler)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="params checkpoint directory (llm export / llm convert)")
+    src.add_argument("--checkpoint", help="params checkpoint directory (llm export / llm convert) or a Hugging Face model directory (imported on the fly)")
     src.add_argument("--workdir", help="a training workdir: generate from its latest valid checkpoint")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
