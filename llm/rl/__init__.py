@@ -1,0 +1,1 @@
+"""Preference tuning and RL as loss functions over the training state."""
