@@ -25,6 +25,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from llm.checkpoint.disk import check_free_space, disk_errors
+from llm.checkpoint.abandoned_reads import quiet_abandoned_reads
 from llm.errors import UserError
 
 log = logging.getLogger("llm")
@@ -106,7 +107,8 @@ class Checkpointer:
         items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
         if (self.directory / str(step) / "data").exists():
             items["data"] = ocp.args.JsonRestore()
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        with quiet_abandoned_reads():
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         data = restored["data"] if "data" in items else None
         if isinstance(data, dict) and "per_process" in data:
             if len(data["per_process"]) != jax.process_count():

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from llm.checkpoint.abandoned_reads import quiet_abandoned_reads
 from llm.config.base import base_config
 from llm.errors import UserError
 from llm.pytree import with_shardings
@@ -232,12 +233,13 @@ def load_params(directory: str | Path, shardings: Any = None) -> tuple[ml_collec
     restored: dict = {}
     for group in _restore_groups(target):
         try:
-            part = ocp.Checkpointer(_handler(sum(_nbytes(x) for x in jax.tree_util.tree_leaves(group)))).restore(
-                directory / PARAMS_DIR,
-                args=ocp.args.PyTreeRestore(
-                    item=group, restore_args=ocp.checkpoint_utils.construct_restore_args(group), partial_restore=True
-                ),
-            )
+            with quiet_abandoned_reads():
+                part = ocp.Checkpointer(_handler(sum(_nbytes(x) for x in jax.tree_util.tree_leaves(group)))).restore(
+                    directory / PARAMS_DIR,
+                    args=ocp.args.PyTreeRestore(
+                        item=group, restore_args=ocp.checkpoint_utils.construct_restore_args(group), partial_restore=True
+                    ),
+                )
         except Exception as err:  # noqa: BLE001 - Orbax raises many types for damaged files
             first = str(err).splitlines()[0] if str(err) else ""
             raise UserError(
