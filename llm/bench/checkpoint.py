@@ -12,14 +12,11 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from llm.bench.convert import directory_bytes
 from llm.bench.train import timed_steps
 from llm.checkpoint.manager import Checkpointer
 from llm.config.loading import load_config
 from llm.pytree import abstract_like
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def run_checkpoint_bench(config: ml_collections.ConfigDict, steps: int) -> dict:
@@ -41,7 +38,7 @@ def run_checkpoint_bench(config: ml_collections.ConfigDict, steps: int) -> dict:
             start_wait = time.perf_counter()
             ckpt.wait()
             background = time.perf_counter() - start_wait
-        size = _dir_bytes(Path(tmp) / "checkpoints" / "2")
+        size = directory_bytes(Path(tmp) / "checkpoints" / "2")
         start = time.perf_counter()
         restored = Checkpointer(tmp, config).restore(abstract_like(state))
         jax.block_until_ready(restored[0])
