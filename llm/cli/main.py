@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "train",
     "sft",
     "classify",
+    "dpo",
     "compare",
     "export",
     "generate",

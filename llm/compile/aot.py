@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llm.compile.analysis import compiled_figures
 from llm.data.batch import abstract_batch
+from llm.finetune.tasks import extra_batch_keys
 from llm.errors import UserError
 from llm.model.build import abstract_model, param_shardings
 from llm.model.spec import ModelSpec, model_spec
@@ -75,7 +76,7 @@ def abstract_setup(config: ml_collections.ConfigDict, devices: list, partition: 
     state = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params, opt_state)
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     batch_sharding = rules.sharding(("batch", "length"))
-    batch = abstract_batch(config.data.batch_size, config.data.seq_len, batch_sharding)
+    batch = abstract_batch(config.data.batch_size, config.data.seq_len, batch_sharding, extra_batch_keys(config))
     train_step = jit_train_step(config, loss_fn, optimizer, schedule, state_shardings, batch_sharding)
     return AbstractSetup(mesh, rules, spec, state, batch, train_step, frozen)
 

@@ -83,7 +83,7 @@ def finetune_split(config: ml_collections.ConfigDict, setup: AbstractSetup) -> F
 
     task = config.finetune.task
     flops = partitioned_flops_per_token(setup.spec, config.data.seq_len, setup.state.params, setup.frozen,
-                                        lm_head=task != "classification")
+                                        lm_head=task not in ("classification", "reward"))
     return FinetuneSplit(method_name(config), task, count(setup.state.params), count(setup.frozen), flops)
 
 

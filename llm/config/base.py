@@ -86,6 +86,10 @@ def base_config() -> ml_collections.ConfigDict:
     d.prompt_field = "prompt"
     d.response_field = "response"
     d.chat_template = "default"  # default | chatml | path to a template JSON file
+    # Preference records whose prompt/answers are strings: True renders them through chat_template
+    # as a user prompt + assistant answer (as `llm sft` renders prompt/response records); False
+    # concatenates them as plain text with EOS after each answer (TRL's non-conversational form).
+    d.strings_as_chat = True
     d.tokenizer = "bytes"  # bytes | path to a sentencepiece .model | tokenizer directory
     d.add_bos = True  # only where the tokenizer has BOS / EOS ids
     d.add_eos = True
@@ -198,9 +202,30 @@ def base_config() -> ml_collections.ConfigDict:
     # Fine-tuning recipes (llm.finetune, `llm sft` / `llm classify`).
     c.finetune = ml_collections.ConfigDict()
     f = c.finetune
-    f.task = "sft"  # sft | classification
+    f.task = "sft"  # sft | classification | reward (`llm rm`) | dpo (`llm dpo`)
     f.patience = 0  # evals without a lower eval loss before stopping early; 0 = never stop early
     f.num_labels = 0  # classification: 0 = from the data (the manifest's labels, else max label + 1)
     f.label_field = "label"  # classification records: {data.text_field: str, label_field: int}
     f.export_merged = True  # write <workdir>/merged: the fine-tuned weights as a params-only checkpoint
+
+    # Preference tuning (`llm dpo`, llm.rl.dpo_losses): TRL's names and defaults.
+    c.dpo = ml_collections.ConfigDict()
+    p = c.dpo
+    p.loss = "sigmoid"  # sigmoid (DPO) | robust (cDPO) | hinge | ipo | simpo | orpo
+    p.beta = 0.1
+    p.label_smoothing = 0.0  # sigmoid (cDPO form), robust, simpo
+    p.simpo_gamma = 0.5  # simpo's target margin (TRL CPOConfig.simpo_gamma)
+    p.orpo_lambda = 0.1  # orpo's odds-ratio weight (TRL ORPOConfig.beta)
+    p.sft_weight = 0.0  # RPO: weight of the chosen answers' NLL added to the loss (not orpo)
+    # Where the reference policy's log-probs come from: auto = adapters_off with LoRA, precompute
+    # for full fine-tuning, none for simpo / orpo. precompute: one pass of the start weights over
+    # the pairs before training, stored in the workdir; adapters_off: the frozen base itself.
+    p.reference = "auto"  # auto | precompute | adapters_off | none
+    p.max_pairs_per_row = 8  # packing: preference pairs (two sequences each) per row of data.seq_len
+
+    # Reward models (`llm rm`, llm.rl.reward_loss): TRL RewardTrainer's loss.
+    c.rm = ml_collections.ConfigDict()
+    c.rm.center_rewards_coefficient = 0.0  # 0 = off; TRL suggests 0.01
+    c.rm.margin_field = ""  # a per-pair margin column of the records ("" = none)
+    c.rm.max_pairs_per_row = 8
     return c

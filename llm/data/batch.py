@@ -32,6 +32,8 @@ def empty_batch(shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     return {key: np.zeros(shape, dtype) for key, dtype in BATCH_DTYPES.items()}
 
 
-def abstract_batch(batch_size: int, seq_len: int, sharding: Any = None) -> dict[str, jax.ShapeDtypeStruct]:
-    """The global batch as ShapeDtypeStructs placed by `sharding`: what a step is lowered on."""
-    return {key: jax.ShapeDtypeStruct((batch_size, seq_len), dtype, sharding=sharding) for key, dtype in BATCH_DTYPES.items()}
+def abstract_batch(batch_size: int, seq_len: int, sharding: Any = None, extra_keys: tuple[str, ...] = ()) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch as ShapeDtypeStructs placed by `sharding`: what a step is lowered on.
+    `extra_keys` are a task's own float32 (rows, seq_len) arrays (e.g. DPO's reference log-probs)."""
+    dtypes = {**BATCH_DTYPES, **{key: np.dtype(np.float32) for key in extra_keys}}
+    return {key: jax.ShapeDtypeStruct((batch_size, seq_len), dtype, sharding=sharding) for key, dtype in dtypes.items()}

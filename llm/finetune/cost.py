@@ -35,7 +35,10 @@ def count(tree: Any) -> int:
 
 def step_analysis(setup, state, frozen) -> dict:
     """XLA's flops and memory for one train step, from the jitted step lowered on abstract inputs."""
-    batch = abstract_batch(setup.config.data.batch_size, setup.config.data.seq_len, setup.batch_sharding)
+    from llm.finetune.tasks import extra_batch_keys
+
+    c = setup.config
+    batch = abstract_batch(c.data.batch_size, c.data.seq_len, setup.batch_sharding, extra_batch_keys(c))
     figures = compiled_figures(setup.train_step.lower(abstract_like(state), batch, frozen).compile())
     out = {"step_flops": float("nan") if figures.flops is None else figures.flops}
     if figures.total_bytes is not None:
@@ -86,7 +89,7 @@ def cost_report(setup, state, frozen, summary: dict, method: str) -> dict:
     report.update(step_analysis(setup, state, frozen))
     c = setup.config
     per_token = partitioned_flops_per_token(setup.spec, c.data.seq_len, state.params, frozen,
-                                            lm_head=c.finetune.task != "classification")
+                                            lm_head=c.finetune.task not in ("classification", "reward"))
     report["model_step_flops"] = per_token * c.data.batch_size * c.data.seq_len / jax.device_count()
     if setup.spec.scan_layers:
         report["note"] = (

@@ -69,7 +69,8 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def write_merged(directory: Path, config, params: Any, tokenizer_dir: Path | None, head: Any = None) -> None:
+def write_merged(directory: Path, config, params: Any, tokenizer_dir: Path | None, head: Any = None,
+                 head_file: str = HEAD_FILE) -> None:
     if directory.exists() and jax.process_index() == 0:
         log.info("replacing %s", directory)
         shutil.rmtree(directory)
@@ -78,12 +79,12 @@ def write_merged(directory: Path, config, params: Any, tokenizer_dir: Path | Non
     if head is not None and jax.process_index() == 0:
         from safetensors.numpy import save_file
 
-        save_file({k: np.asarray(jax.device_get(v), np.float32) for k, v in head.items()}, str(directory / HEAD_FILE))
+        save_file({k: np.asarray(jax.device_get(v), np.float32) for k, v in head.items()}, str(directory / head_file))
 
 
 def write_outputs(
     workdir: Path, config: ml_collections.ConfigDict, setup, trainable: Any, frozen: Any, spec: PeftSpec,
-    info: LoraInfo | None, head_key: str | None,
+    info: LoraInfo | None, head_key: str | None, head_file: str = HEAD_FILE,
 ) -> list[str]:
     written = []
     full = combine(trainable, frozen)
@@ -105,6 +106,6 @@ def write_outputs(
         else:
             merged = full
         tokenizer = workdir / "tokenizer"
-        write_merged(workdir / "merged", config, dequantize_all(merged), tokenizer if tokenizer.is_dir() else None, head)
+        write_merged(workdir / "merged", config, dequantize_all(merged), tokenizer if tokenizer.is_dir() else None, head, head_file)
         written.append("merged")
     return written

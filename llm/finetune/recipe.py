@@ -45,6 +45,8 @@ class Task:
     make_batches: Callable | None = None  # the loop's make_batches hook (None: the LM data pipeline)
     final_metrics: Callable | None = None  # (setup, trainable, frozen) -> dict, added to cost.json
     head_key: str | None = None  # top-level key of the head in the trainable tree
+    head_file: str = "classification_head.safetensors"  # the head's file in merged/
+    on_start: Callable | None = None  # the loop's on_start hook (setup, state, frozen)
 
 
 def lora_info(config: ml_collections.ConfigDict, spec: PeftSpec) -> LoraInfo | None:
@@ -104,7 +106,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str | Path, task: T
         report.update(extra)
         if jax.process_index() == 0:
             write_cost(workdir, report)
-        written = write_outputs(workdir, config, setup, state.params, frozen, spec, info, task.head_key)
+        written = write_outputs(workdir, config, setup, state.params, frozen, spec, info, task.head_key, task.head_file)
         log.info(
             "%s: %d of %d parameters trained (%.2f%%), step %.3g FLOPs, peak %.0f MiB; outputs: %s",
             method, report["trainable_params"], report["total_params"], 100 * report["trainable_fraction"],
@@ -118,5 +120,6 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str | Path, task: T
         should_stop=EarlyStopping(config.finetune.patience, workdir / "metrics.jsonl") if config.finetune.patience else None,
         on_finish=on_finish,
         eval_at_start=True,
+        on_start=task.on_start,
     )
     return run_training(config, workdir, overwrite=overwrite, hooks=hooks)

@@ -23,7 +23,7 @@ def is_partitioned(config: ml_collections.ConfigDict) -> bool:
     frozen parameters (peft.freeze), or a classification head and loss. (Full SFT trains every
     parameter with the same next-token loss as `llm train`.)"""
     p = config.peft
-    return p.lora_rank > 0 or bool(p.freeze) or config.finetune.task == "classification"
+    return p.lora_rank > 0 or bool(p.freeze) or config.finetune.task in ("classification", "reward", "dpo")
 
 
 def classification_labels(config: ml_collections.ConfigDict) -> int:
@@ -44,7 +44,26 @@ def task_for_config(config: ml_collections.ConfigDict) -> Task:
     if config.finetune.task == "classification":
         n_labels = classification_labels(config)
         return Task(name="classification", loss_fn=classification_loss(n_labels), head=init_head(n_labels), head_key=HEAD)
+    if config.finetune.task == "reward":
+        from llm.finetune.reward import HEAD as RM_HEAD, init_reward_head, reward_loss_builder
+
+        return Task(name="reward", loss_fn=reward_loss_builder(config), head=init_reward_head(config), head_key=RM_HEAD)
+    if config.finetune.task == "dpo":
+        from llm.finetune.preference import dpo_loss_builder
+
+        return Task(name="dpo", loss_fn=dpo_loss_builder(config))
     return lm_task(config.train.z_loss)
+
+
+def extra_batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """(rows, seq_len) float32 arrays the task's batches carry besides llm.data.batch's keys."""
+    if config.finetune.task == "dpo":
+        from llm.finetune.preference import resolve_reference
+
+        return ("ref_logps",) if resolve_reference(config) == "precompute" else ()
+    if config.finetune.task == "reward" and config.rm.margin_field:
+        return ("margin",)
+    return ()
 
 
 def partition_for_config(config: ml_collections.ConfigDict) -> Partition:

@@ -54,6 +54,9 @@ class RunHooks:
     should_stop: Callable | None = None  # (step, eval result) -> bool, asked after each eval (early stopping)
     on_finish: Callable | None = None  # (setup, state, frozen, summary) -> dict | None, merged into summary.json
     eval_at_start: bool = False  # evaluate the start weights before the first step (summary: start_eval_loss)
+    # (setup, state, frozen) -> None, after the start weights are in place and before any step or
+    # eval: work that needs the start policy once (DPO's precomputed reference log-probs).
+    on_start: Callable | None = None
 
 
 class _NonFiniteGuard:
@@ -130,16 +133,21 @@ def _store_tokenizer(config: ml_collections.ConfigDict, workdir: Path, write: bo
 
 
 def evaluate(setup: TrainSetup, params, frozen, batches: Iterator, steps: int) -> dict:
-    """Mean held-out loss and perplexity over up to `steps` batches."""
-    nll, tokens = 0.0, 0.0
+    """Mean held-out loss and perplexity over up to `steps` batches, and the mean of each other
+    sum the loss reports (`accuracy_sum` -> `eval_accuracy`, `rewards/margins_sum` ->
+    `eval_rewards/margins`)."""
+    sums: dict[str, float] = {}
     for _, batch in zip(range(steps), batches):
         out = jax.device_get(setup.eval_step(params, frozen, setup.shard_batch(batch)))
-        nll += float(out["nll_sum"])
-        tokens += float(out["tokens"])
+        for key, value in out.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    tokens = sums.pop("tokens", 0.0)
     if tokens == 0:
         raise UserError("the validation split yielded no tokens; set data.eval_path or raise data.eval_fraction")
-    loss = nll / tokens
-    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": tokens}
+    loss = sums.pop("nll_sum") / tokens
+    result = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": tokens}
+    result.update({f"eval_{key[: -len('_sum')]}": value / tokens for key, value in sums.items()})
+    return result
 
 
 def _load_partitioned(setup: TrainSetup, hooks: RunHooks) -> tuple[Any, Any, str]:
@@ -207,6 +215,8 @@ def run_training(
     ckpt = Checkpointer(workdir, config)
     state, source, frozen = _start(setup, state, ckpt, hooks, batches, frozen)
     log.info("start: %s", source)
+    if hooks.on_start is not None:
+        hooks.on_start(setup, state, frozen)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     log.info("model: %s, %.2fM trainable parameters, mesh %s", config.model.family, n_params / 1e6, dict(setup.mesh.shape))
     peak, peak_source = device_peak_flops(measure_cpu=config.train.measure_peak)

@@ -92,20 +92,25 @@ def series(records: list[dict], key: str) -> list[tuple[int, float]]:
 
 def plot_loss_curve(metrics_path: str | Path, out_path: str | Path) -> Path:
     """Train and eval loss against step, from metrics.jsonl."""
+    return plot_metric(metrics_path, out_path, "loss", "loss (nats/token)")
+
+
+def plot_metric(metrics_path: str | Path, out_path: str | Path, key: str, ylabel: str) -> Path:
+    """A training metric and its held-out `eval_` twin against step, from metrics.jsonl."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = read_metrics(metrics_path)
-    train, evals = series(records, "loss"), series(records, "eval_loss")
+    train, evals = series(records, key), series(records, f"eval_{key}")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     if train:
-        ax.plot(*zip(*train), label="train loss")
+        ax.plot(*zip(*train), label=f"train {key}")
     if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
+        ax.plot(*zip(*evals), "o-", label=f"eval {key}")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
