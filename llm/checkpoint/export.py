@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import jax
@@ -30,7 +31,7 @@ def restore_params(workdir: str | Path, step: int = -1) -> tuple:
         raise UserError(f"no checkpoint for step {step} in {ckpt.directory} (available: {steps})")
     candidates = [step] if step >= 0 else list(reversed(steps))
     ckpt.close()
-    if config.peft.lora_rank or config.peft.freeze or config.finetune.task == "classification":  # llm sft / classify: see _fine_tuned
+    if config.peft.lora_rank or config.peft.freeze or config.finetune.task in ("classification", "reward"):  # see _fine_tuned
         return _fine_tuned(workdir, step, steps[-1])
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     for candidate in candidates:
@@ -72,5 +73,8 @@ def export_workdir(workdir: str | Path, out: str | Path, step: int = -1, dtype: 
     config, params, at = restore_params(workdir, step)
     tokenizer_dir = Path(workdir) / "tokenizer"
     out = save_params(out, params, config, tokenizer_dir if tokenizer_dir.is_dir() else None, dtype=dtype)
+    head = Path(workdir) / "merged" / "reward_head.safetensors"  # a reward model keeps its head (llm.interop.hf_reward)
+    if config.finetune.task == "reward" and head.is_file() and jax.process_index() == 0:
+        shutil.copyfile(head, out / head.name)
     log.info("exported step %d of %s to %s", at, workdir, out)
     return out

@@ -45,6 +45,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="tensor dtype (default: the params')")
     t.add_argument("--model-type", choices=("llama", "mistral", "qwen2", "gpt2"), help="transformers model_type")
     t.add_argument("--max-shard-size", default="5GB", help="largest safetensors file, e.g. 5GB or 500MB")
+    t.add_argument("--pad-token-id", type=int, help="reward models: config.json pad_token_id (default: the tokenizer's pad)")
     t.set_defaults(func=run_to_hf)
 
     add_target_parser(sub, "convert", command="bench")  # the same benchmark as `llm bench convert`
@@ -73,6 +74,7 @@ def run_to_hf(args: argparse.Namespace) -> int:
     if args.config_overrides:
         raise UserError(f"to-hf takes no --config.* overrides (got {args.config_overrides[0]!r}); the checkpoint's config is used")
     start = time.perf_counter()
-    out = to_hf(args.checkpoint, args.out, args.dtype, args.model_type, args.max_shard_size, workdir=args.workdir)
+    out = to_hf(args.checkpoint, args.out, args.dtype, args.model_type, args.max_shard_size, workdir=args.workdir,
+                pad_token_id=args.pad_token_id)
     print(f"exported {args.workdir or args.checkpoint} -> {out} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -44,22 +44,29 @@ def from_hf(src: str | Path, out: str | Path, base: ml_collections.ConfigDict | 
     out = Path(out).absolute()
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {str(out)!r} is not empty; choose a new directory")
+    from llm.interop.hf_reward import read_reward_head, write_head_file
+
+    reward_head = read_reward_head(src)  # a num_labels=1 sequence classifier keeps its score head
     config, _, params = load_hf_checkpoint(src, rules=rules, base=base, overrides=overrides)
     tok = tokenizer_source(src)
     if tok is not None:
         config.data.tokenizer = str(out / TOKENIZER_DIR)
     save_params(out, params, config, tokenizer_dir=tok)
+    if reward_head is not None:
+        write_head_file(out, reward_head)
     (out / SOURCE_HF_CONFIG).write_text(json.dumps(read_hf_config(src), indent=2) + "\n")
     return Imported(out, config, count_params(params))
 
 
 def to_hf(checkpoint: str | Path | None, out: str | Path, dtype: str | None = None, model_type: str | None = None,
-          max_shard_size: str = "5GB", workdir: str | Path | None = None) -> Path:
+          max_shard_size: str = "5GB", workdir: str | Path | None = None, pad_token_id: int | None = None) -> Path:
     """Export a params checkpoint directory (or a workdir's latest checkpoint) as a Hugging Face
-    model directory; returns `out`."""
+    model directory; returns `out`. A reward model (reward_head.safetensors beside the params,
+    or in a workdir's merged/) becomes a num_labels=1 `*ForSequenceClassification`."""
     from llm.checkpoint.export import restore_params
     from llm.checkpoint.params_io import TOKENIZER_DIR, load_params
     from llm.interop.hf_export import export_hf, parse_size
+    from llm.interop.hf_reward import read_head_file
 
     max_bytes = parse_size(max_shard_size)
     if workdir is not None:
@@ -70,8 +77,12 @@ def to_hf(checkpoint: str | Path | None, out: str | Path, dtype: str | None = No
         config, params = load_params(checkpoint)
     source = checkpoint / SOURCE_HF_CONFIG
     tokenizer = checkpoint / TOKENIZER_DIR
+    reward_head = read_head_file(checkpoint / "merged" if workdir is not None else checkpoint)
+    if pad_token_id is not None and reward_head is None:
+        raise UserError(f"--pad-token-id is for reward models, but {str(checkpoint)!r} has no reward_head.safetensors; drop it")
     export_hf(
         config, params, out, tokenizer if tokenizer.is_dir() else None, dtype=dtype, model_type=model_type,
         source_hf_config=json.loads(source.read_text()) if source.is_file() else None, max_shard_bytes=max_bytes,
+        reward_head=reward_head, pad_token_id=pad_token_id,
     )
     return Path(out)

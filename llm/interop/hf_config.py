@@ -165,6 +165,11 @@ def _architecture(hf: dict) -> dict:
     if unknown:
         log.warning("config.json keys not used by the %s import (check they do not change the model): %s", mt, ", ".join(unknown))
     tie = bool(hf.get("tie_word_embeddings", _TIE_DEFAULT[mt]))
+    from llm.interop.hf_reward import is_sequence_classifier
+
+    if is_sequence_classifier(hf):
+        log.info("%s is a sequence classifier: importing its backbone, with the (absent) LM head tied to the embedding", hf["architectures"][0])
+        tie = True
     if mt == "gpt2":
         d = int(_require(hf, "n_embd"))
         heads = int(_require(hf, "n_head"))

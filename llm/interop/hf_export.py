@@ -93,13 +93,16 @@ def export_hf(
     model_type: str | None = None,
     source_hf_config: dict | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    reward_head: np.ndarray | None = None,
+    pad_token_id: int | None = None,
 ) -> Path:
     """Write `params` (our pure dict, any sharding, scanned or not) as a transformers model.
 
     dtype: of the written tensors (default: the params' dtype). model_type: llama | mistral |
     qwen2 | gpt2 (default: the source checkpoint's type if `source_hf_config` is given, else
-    gpt2 for GPT-2, qwen2 with q/k/v biases, llama otherwise). Every process must call this;
-    process 0 writes.
+    gpt2 for GPT-2, qwen2 with q/k/v biases, llama otherwise). reward_head: a (d_model, 1)
+    kernel: write a num_labels=1 `*ForSequenceClassification` instead (llm.interop.hf_reward),
+    with `pad_token_id` (default: the tokenizer's). Every process must call this; process 0 writes.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -121,7 +124,12 @@ def export_hf(
     token_ids.update({k: v for k, v in _token_ids(tokenizer_dir).items() if v is not None})
     hf_config = config_to_hf(config, model_type, dtype, token_ids)
     rules = weight_rules(spec)
-    entries = [_entry(r, params, spec.scan_layers, _EXPORT_DTYPES[dtype]) for r in rules]
+    extra = []
+    if reward_head is not None:
+        from llm.interop.hf_reward import as_sequence_classifier
+
+        hf_config, rules, extra = as_sequence_classifier(hf_config, rules, reward_head, _EXPORT_DTYPES[dtype], pad_token_id)
+    entries = [_entry(r, params, spec.scan_layers, _EXPORT_DTYPES[dtype]) for r in rules] + extra
     write = jax.process_index() == 0
     write_safetensors(out_dir, entries, max_shard_bytes, write=write)
     if write:

@@ -183,6 +183,7 @@ _BUFFERS = re.compile(r"(.*\.rotary_emb\.inv_freq|(transformer\.)?h\.\d+\.attn\.
 
 
 def ignorable(name: str, spec: ModelSpec) -> bool:
-    """Tensors a faithful import may skip: buffers, and lm_head of a tied model (transformers
-    ties it to the embedding too)."""
-    return bool(_BUFFERS.match(name)) or (spec.tie_embeddings and name == "lm_head.weight")
+    """Tensors a faithful import may skip: buffers, lm_head of a tied model (transformers
+    ties it to the embedding too), and a sequence classifier's head (llm.interop.hf_reward
+    reads it)."""
+    return bool(_BUFFERS.match(name)) or (spec.tie_embeddings and name == "lm_head.weight") or name == "score.weight"
