@@ -2,7 +2,7 @@
 parameter trained; the reference policy's log-probs are precomputed once from the start weights
 (<workdir>/reference_logps.npz), so training holds one model.
 
-Run (PRE: an SFT or pretraining workdir with model.max_seq_len >= 512, e.g. the quickstart's; an
+Run (PRE: an SFT or pretraining workdir (a LoRA SFT run starts from its merged/ weights), an
 `llm export` directory or a Hugging Face model directory):
   llm dpo --config configs/dpo_full_tiny.py --workdir runs/dpo_full --init-from PRE --data runs/corpus/manifest.json
   llm dpo --config configs/dpo_full_tiny.py --config.dpo.loss=ipo ...     # or robust, hinge, simpo, orpo
@@ -22,6 +22,7 @@ def get_config():
     c.finetune.task = "dpo"
     c.finetune.patience = 0
     c.data.format = "preference"
+    c.model.max_seq_len = 512  # --init-from replaces it with the start model's (which must reach data.seq_len)
     c.data.seq_len = 512  # a row holds whole pairs: 2 x prompt + chosen + rejected
     c.data.batch_size = 8
     c.dpo.loss = "sigmoid"

@@ -2,7 +2,7 @@
 quickstart's preference stage. The reference policy is the same frozen base with the adapters
 switched off (dpo.reference=auto -> adapters_off): no second copy of the weights.
 
-Run (PRE: an SFT workdir with model.max_seq_len >= 512, e.g. the quickstart's runs/quickstart/sft_lora):
+Run (PRE: an SFT workdir, e.g. the quickstart's runs/quickstart/sft_lora):
   llm dpo --config configs/dpo_lora_tiny.py --workdir runs/dpo --init-from PRE --data runs/corpus/manifest.json
   llm dpo --config configs/dpo_lora_tiny.py --config.dpo.loss=simpo ...   # or ipo, robust, hinge, orpo
 Expect: held-out rewards/accuracies above 0.5 and a positive held-out rewards/margins; the

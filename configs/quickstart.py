@@ -19,6 +19,7 @@ def get_config():
     c = load_config_file(Path(__file__).with_name("tiny.py"))
     c.unlock()
     c.model.vocab_size = 1024
+    c.model.max_seq_len = 512  # RoPE: no parameters; the preference stages pack whole pairs into 512-token rows
     c.data.seq_len = 256
     c.data.batch_size = 16
     c.train.steps = 1000

@@ -1,7 +1,7 @@
 """rm_tiny: a reward model from a `tiny`-shaped model: a scalar head on the last token, every
 parameter trained with the Bradley-Terry loss (TRL RewardTrainer's), on preference pairs.
 
-Run (PRE: a pretraining or SFT workdir with model.max_seq_len >= 512, e.g. the quickstart's):
+Run (PRE: a pretraining or SFT workdir, an `llm export` directory or a Hugging Face model directory):
   llm rm --config configs/rm_tiny.py --workdir runs/rm --init-from PRE --data runs/corpus/manifest.json
   llm rm score --workdir runs/rm --input rows.jsonl          # {"prompt", "completion"} rows -> rewards
 Expect: held-out accuracy (chosen scored above rejected) well above 0.5; the workdir gets
@@ -20,6 +20,7 @@ def get_config():
     c.finetune.task = "reward"
     c.finetune.patience = 0
     c.data.format = "preference"
+    c.model.max_seq_len = 512  # --init-from replaces it with the start model's (which must reach data.seq_len)
     c.data.seq_len = 512  # a row holds whole pairs: 2 x prompt + chosen + rejected
     c.data.batch_size = 8
     c.rm.max_pairs_per_row = 4

@@ -1,6 +1,6 @@
 """`llm quickstart` (the README main job) end to end, shortened with --steps: every stage runs,
-the LoRA fine-tuning starts from the pretrained model, and the report holds the held-out
-completions before and after fine-tuning."""
+the LoRA fine-tuning starts from the pretrained model, the reward model and LoRA DPO from the
+fine-tuned one, and the report holds the held-out completions and preference results."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ def test_quickstart_runs_every_stage_and_reports_generations_before_and_after(tm
     assert cost["method"] == "lora r8" and cost["trainable_fraction"] < 0.1
     assert cost["start_eval_loss"] is not None and cost["eval_loss"] is not None
     report = (workdir / "report.md").read_text()
-    for heading in ("## Pretraining", "## LoRA instruction tuning", f"### Held-out prompt {SHOWN}", "after fine-tuning:"):
+    for heading in ("## Pretraining", "## LoRA instruction tuning", f"### Held-out prompt {SHOWN}", "after fine-tuning:",
+                    "## Reward model", "- heldout_accuracy:", "## LoRA DPO", "- heldout_rewards/accuracies:"):
         assert heading in report
+    dpo = json.loads((workdir / "dpo_lora" / "cost.json").read_text())
+    assert dpo["method"] == "lora r8" and dpo["heldout_pairs"] > 0
+    assert (workdir / "dpo_lora" / "margins.png").is_file() and (workdir / "rm" / "merged" / "reward_head.safetensors").is_file()
     assert "--- after fine-tuning ---" in out.stdout

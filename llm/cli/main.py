@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "train",
     "sft",
     "classify",
+    "rm",
     "dpo",
     "compare",
     "export",

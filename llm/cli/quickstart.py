@@ -15,6 +15,8 @@ from pathlib import Path
 
 PRETRAIN_CONFIG = "configs/quickstart.py"
 SFT_CONFIG = "configs/sft_lora_tiny.py"
+RM_CONFIG = "configs/rm_tiny.py"
+DPO_CONFIG = "configs/dpo_lora_tiny.py"
 VOCAB = 1024  # configs/quickstart.py model.vocab_size
 SHOWN = 4  # held-out SFT prompts completed before and after fine-tuning
 GENERATE = ["--chat", "--input"]
@@ -24,6 +26,7 @@ def quickstart_commands(workdir: str, steps: int | None = None) -> list[list[str
     """The stages, as argv lists for `llm` (without the leading `llm`)."""
     w = workdir.rstrip("/")
     corpus, curated, pre, sft = f"{w}/corpus", f"{w}/curated", f"{w}/pretrain", f"{w}/sft_lora"
+    pairs = f"{corpus}/manifest.json"
     train_extra = [f"--config.train.steps={steps}"] if steps else []
 
     def generate(model: str, out: str) -> list[str]:
@@ -40,13 +43,15 @@ def quickstart_commands(workdir: str, steps: int | None = None) -> list[list[str
         generate(pre, f"{w}/generations_before.jsonl"),
         ["sft", "--config", SFT_CONFIG, "--workdir", sft, "--init-from", pre, "--data", f"{corpus}/manifest.json", *train_extra],
         generate(sft, f"{w}/generations_after.jsonl"),
+        ["rm", "--config", RM_CONFIG, "--workdir", f"{w}/rm", "--init-from", sft, "--data", pairs, *train_extra],
+        ["dpo", "--config", DPO_CONFIG, "--workdir", f"{w}/dpo_lora", "--init-from", sft, "--data", pairs, *train_extra],
     ]
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("quickstart", help="corpus -> curate -> tokenizer -> pretrain tiny -> LoRA SFT -> generations before/after -> report, on built-in data")
+    p = subparsers.add_parser("quickstart", help="corpus -> curate -> tokenizer -> pretrain tiny -> LoRA SFT -> generations before/after -> reward model -> LoRA DPO -> report, on built-in data")
     p.add_argument("--workdir", default="runs/quickstart")
-    p.add_argument("--steps", type=int, default=None, help="override the pretraining and the SFT steps (default: the configs')")
+    p.add_argument("--steps", type=int, default=None, help="override every training stage's steps (default: the configs')")
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     p.set_defaults(func=run)
 
@@ -90,6 +95,18 @@ def write_report(workdir: Path, timings: list[tuple[str, float]]) -> Path:
         lines += _summary_lines(json.loads(cost_path.read_text()), ("method", "trainable_params", "total_params", "trainable_fraction",
                                                                     "start_eval_loss", "eval_loss", "tokens_per_s", "step_flops", "peak_memory_bytes"))
         lines += ["", "![loss](sft_lora/loss.png)"]
+    rm_cost = workdir / "rm" / "cost.json"
+    if rm_cost.exists():
+        lines += ["", "## Reward model (held-out preference pairs)", ""]
+        lines += _summary_lines(json.loads(rm_cost.read_text()), ("method", "start_eval_loss", "heldout_loss", "heldout_accuracy",
+                                                                  "heldout_margin", "heldout_pairs", "tokens_per_s"))
+        lines += ["", "![margin](rm/margins.png)"]
+    dpo_cost = workdir / "dpo_lora" / "cost.json"
+    if dpo_cost.exists():
+        lines += ["", "## LoRA DPO (held-out preference pairs; reference = the base with adapters off)", ""]
+        lines += _summary_lines(json.loads(dpo_cost.read_text()), ("method", "start_eval_loss", "heldout_loss", "heldout_rewards/accuracies",
+                                                                   "heldout_rewards/margins", "heldout_pairs", "tokens_per_s"))
+        lines += ["", "![margin](dpo_lora/margins.png)"]
     for i, (prompt, reference, before, after) in enumerate(_generations(workdir), 1):
         lines += ["", f"### Held-out prompt {i}", "", "```", prompt.rstrip(), "```"]
         for title, text in (("reference", reference), ("before fine-tuning", before), ("after fine-tuning", after)):

@@ -93,6 +93,15 @@ def apply_init_from(config: ml_collections.ConfigDict, init_from: str, overrides
         _check_overrides(user_model, json.loads(config.model.to_json_best_effort()), overrides, str(path))
         return config
     saved = config_from_json((path / "config.json").read_text(), str(path / "config.json"))
+    if kind == "workdir" and _checkpoints_hold_part(saved):
+        merged = path / "merged"
+        if not ((merged / "params").is_dir() and (merged / "config.json").is_file()):
+            raise UserError(
+                f"--init-from {init_from!r} is a LoRA / partial fine-tuning run whose checkpoints hold only the trained part; "
+                "its whole model is written to merged/ when the run finishes: finish it (finetune.export_merged=true) or pass an export"
+            )
+        log.info("--init-from %s: a LoRA / partial fine-tuning run, starting from its merged weights %s", path, merged)
+        return apply_init_from(config, str(merged), overrides)
     start_model = json.loads(saved.model.to_json_best_effort())
     _check_overrides(user_model, start_model, overrides, str(path))
     _set_model(config, start_model)
@@ -103,6 +112,12 @@ def apply_init_from(config: ml_collections.ConfigDict, init_from: str, overrides
         config.data.tokenizer = str(tokenizer_dir.absolute()) if tokenizer_dir.is_dir() else saved.data.tokenizer
     log.info("fine-tuning starts from %s %s: model from there, tokenizer %s", kind, path, config.data.tokenizer)
     return config
+
+
+def _checkpoints_hold_part(saved: ml_collections.ConfigDict) -> bool:
+    """Whether a workdir's checkpoints hold only part of its model (adapters, unfrozen weights, a head)."""
+    p, f = saved.peft, saved.finetune
+    return bool(p.lora_rank) or bool(p.freeze) or f.task in ("classification", "reward")
 
 
 def apply_data(config: ml_collections.ConfigDict, data: str) -> ml_collections.ConfigDict:
