@@ -88,3 +88,14 @@ def test_chat_template_missing_from_config_and_tokenizer(tmp_path):
         resolve_chat_template(tiny_config("data.chat_template=", f"data.tokenizer={tok}"))
     (tok / "chat_template.json").write_text(json.dumps({r: ["<" + r + ">", "</s>"] for r in ("system", "user", "assistant")}))
     assert resolve_chat_template(tiny_config("data.chat_template=", f"data.tokenizer={tok}")).data.chat_template == str(tok / "chat_template.json")
+
+
+def test_a_lora_workdir_starts_from_its_merged_weights(tmp_path):
+    sft = pretrain_dir(tmp_path, "workdir", "peft.lora_rank=8")  # its checkpoints hold only adapters
+    with pytest.raises(UserError, match="checkpoints hold only the trained part; its whole model is written to merged/"):
+        apply_init_from(tiny_config(), str(sft))
+    merged = pretrain_dir(sft, "merged")  # what the finished run writes: a params-only checkpoint
+    config = apply_init_from(tiny_config(), str(sft))
+    assert config.checkpoint.init_from == str(merged.absolute()) and config.model.d_model == 64
+    full = pretrain_dir(tmp_path / "full", "workdir")  # full fine-tuning checkpoints hold the whole model
+    assert apply_init_from(tiny_config(), str(full)).checkpoint.init_from == str(full.absolute())
