@@ -144,3 +144,50 @@ def test_cli_writes_one_reward_per_row_in_order(tmp_path, run_dir, scorer, capsy
     with pytest.raises(UserError, match="--batch-size=0 must be at least 1"):
         _cli("--workdir", str(run_dir[0]), "--input", str(rows), "--batch-size", "0")
     assert out.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl", "scores.jsonl"]
+
+
+@pytest.mark.slow
+def test_a_trained_reward_model_scores_exports_and_reexports_as_it_trained(tmp_path):
+    """`llm rm` (2 steps from a transformers Llama) -> `llm rm score` reads the held-out pairs'
+    rewards the training reported; `llm export` keeps the head; `llm convert to-hf --workdir`
+    gives a sequence classifier that transformers scores identically."""
+    import torch
+    import transformers
+
+    from llm.checkpoint.export import export_workdir
+    from llm.config.loading import load_config
+    from llm.data.pairs import load_pairs
+    from llm.finetune.reward import run_reward
+    from llm.finetune.start import apply_data, apply_init_from, resolve_chat_template
+    from llm.interop.convert import to_hf
+    from llm.interop.hf_reward import read_head_file
+
+    pairs_in = [{"prompt": f"Is {w} JSON?", "chosen": f" {w} is.", "rejected": " No."} for w in ("a", "null", "true", "1", "[]", "{}", "x", "2.5")]
+    tok = train_tokenizer(tmp_path / "tok")
+    build_hf_model("llama", tmp_path / "lm", tokenizer_dir=tok)
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs_in))
+    (tmp_path / "held.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs_in[::2]))
+    overrides = ["train.steps=2", "train.eval_every=0", "data.seq_len=128", "train.measure_peak=false", f"data.eval_path={tmp_path / 'held.jsonl'}"]
+    config = apply_init_from(load_config("configs/rm_tiny.py", overrides), str(tmp_path / "lm"), overrides)
+    config = resolve_chat_template(apply_data(config, str(tmp_path / "pairs.jsonl")))
+    summary = run_reward(config, tmp_path / "run")
+
+    scorer = RewardScorer(tmp_path / "run")
+    pairs, _ = load_pairs(config, "validation")
+    sequences = [np.concatenate([p.prompt, p.chosen]) for p in pairs]
+    encoded = {tuple(scorer.encode({"prompt": r["prompt"], "completion": r["chosen"]}, "row")) for r in pairs_in}
+    assert all(tuple(s) in encoded for s in sequences)  # the rows a user writes tokenize as the training pairs
+    rewards = scorer.score(sequences)
+    assert_close_at_scale(rewards.mean(), summary["heldout_rewards/chosen"], scale=float(np.abs(rewards).max()))
+
+    exported = export_workdir(tmp_path / "run", tmp_path / "export")
+    np.testing.assert_array_equal(read_head_file(exported), read_head_file(tmp_path / "run" / "merged"))
+    hf_dir = to_hf(None, tmp_path / "hf", workdir=tmp_path / "run")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    length = max(len(s) for s in sequences)
+    tokens = np.full((len(sequences), length), 2, np.int64)
+    for r, s in enumerate(sequences):
+        tokens[r, : len(s)] = s
+    with torch.no_grad():
+        theirs = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor((tokens != 2).astype(np.int64))).logits[:, 0].numpy()
+    assert_close_at_scale(rewards, theirs, ulps=64)
