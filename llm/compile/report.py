@@ -35,7 +35,8 @@ _REMAT_STRENGTH = {"none": 0, "save_matmul": 1, "full": 2}
 @dataclasses.dataclass(frozen=True)
 class FinetuneSplit:
     """What a fine-tuning step trains: its method, the parameters on each side of the
-    partition (a quantized tensor counts the values it stands for) and its model FLOPs."""
+    partition (a quantized tensor counts the values it stands for) and its model FLOPs (with
+    LoRA DPO's adapters-off reference, its extra forward pass too)."""
 
     method: str  # llm.finetune.cost.method_name: "lora r16", "qnf4-lora r8", "frozen 2 pattern(s)", "full"
     task: str
@@ -84,6 +85,12 @@ def finetune_split(config: ml_collections.ConfigDict, setup: AbstractSetup) -> F
     task = config.finetune.task
     flops = partitioned_flops_per_token(setup.spec, config.data.seq_len, setup.state.params, setup.frozen,
                                         lm_head=task not in ("classification", "reward"))
+    if task == "dpo":
+        from llm.finetune.preference import resolve_reference
+
+        if resolve_reference(config) == "adapters_off":  # the step also runs the reference's forward pass
+            reference_forward = partitioned_flops_per_token(setup.spec, config.data.seq_len, {}, setup.frozen)
+            flops += reference_forward + 2 * count(setup.state.params)  # the adapters' matmuls (B = 0) too
     return FinetuneSplit(method_name(config), task, count(setup.state.params), count(setup.frozen), flops)
 
 
