@@ -26,7 +26,7 @@ from llm.errors import UserError
 from llm.model.spec import model_spec, param_count
 from llm.parallel.mesh import resolve_mesh_shape
 from llm.parallel.topology import TpuTopology
-from llm.train.flops import flops_per_token, partitioned_flops_per_token
+from llm.train.flops import flops_per_token
 
 GIB = 2**30
 _REMAT_STRENGTH = {"none": 0, "save_matmul": 1, "full": 2}
@@ -80,17 +80,10 @@ class CompileReport:
 
 
 def finetune_split(config: ml_collections.ConfigDict, setup: AbstractSetup) -> FinetuneSplit:
-    from llm.finetune.cost import count, method_name
+    from llm.finetune.cost import count, method_name, step_flops_per_token
 
     task = config.finetune.task
-    flops = partitioned_flops_per_token(setup.spec, config.data.seq_len, setup.state.params, setup.frozen,
-                                        lm_head=task not in ("classification", "reward"))
-    if task == "dpo":
-        from llm.finetune.preference import resolve_reference
-
-        if resolve_reference(config) == "adapters_off":  # the step also runs the reference's forward pass
-            reference_forward = partitioned_flops_per_token(setup.spec, config.data.seq_len, {}, setup.frozen)
-            flops += reference_forward + 2 * count(setup.state.params)  # the adapters' matmuls (B = 0) too
+    flops = step_flops_per_token(config, setup.spec, setup.state.params, setup.frozen)
     return FinetuneSplit(method_name(config), task, count(setup.state.params), count(setup.frozen), flops)
 
 
@@ -270,7 +263,7 @@ def format_report(report: CompileReport) -> str:
     if c.error and c.temp_bytes is None:
         lines.append(f"  compiler: {c.error}")
     seconds = report.step_flops / (t.chips * t.peak_flops)
-    frozen_note = "; frozen weights get no weight gradient" if split is not None else ""
+    frozen_note = "; frozen weights get no weight gradient" if split is not None and split.frozen_params else ""
     lines.append(
         f"  step FLOPs {report.step_flops:.3e} (model FLOPs, {_count(report.step_flops / report.tokens_per_step)} "
         f"per token{frozen_note}); at 50% MFU a step takes {2 * seconds:.3g} s on {t.chips} chips"

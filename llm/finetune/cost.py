@@ -66,6 +66,20 @@ def from_metrics(workdir: str | Path) -> dict:
     return out
 
 
+def step_flops_per_token(config, spec, trainable: Any, frozen: Any) -> float:
+    """The DESIGN.md formula for a fine-tuning step: only `trainable` gets weight gradients; no
+    LM head for the tasks that never compute logits (classification, reward models); LoRA DPO's
+    adapters-off reference adds one forward pass (adapter matmuls included, their B is zero)."""
+    task = config.finetune.task
+    flops = partitioned_flops_per_token(spec, config.data.seq_len, trainable, frozen, lm_head=task not in ("classification", "reward"))
+    if task == "dpo":
+        from llm.finetune.preference import resolve_reference
+
+        if resolve_reference(config) == "adapters_off":
+            flops += partitioned_flops_per_token(spec, config.data.seq_len, {}, frozen) + 2 * count(trainable)
+    return flops
+
+
 def cost_report(setup, state, frozen, summary: dict, method: str) -> dict:
     trainable = count(state.params)
     total = trainable + count(frozen)
@@ -88,8 +102,7 @@ def cost_report(setup, state, frozen, summary: dict, method: str) -> dict:
     }
     report.update(step_analysis(setup, state, frozen))
     c = setup.config
-    per_token = partitioned_flops_per_token(setup.spec, c.data.seq_len, state.params, frozen,
-                                            lm_head=c.finetune.task not in ("classification", "reward"))
+    per_token = step_flops_per_token(c, setup.spec, state.params, frozen)
     report["model_step_flops"] = per_token * c.data.batch_size * c.data.seq_len / jax.device_count()
     if setup.spec.scan_layers:
         report["note"] = (

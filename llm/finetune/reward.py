@@ -26,6 +26,7 @@ from llm.errors import ConfigError
 from llm.finetune.pair_data import load_pair_data
 from llm.finetune.preference import heldout_metrics, pairs_of
 from llm.finetune.recipe import Runtime, Task, run_finetune
+from llm.interop.hf_reward import REWARD_HEAD_FILE, read_reward_head
 from llm.peft.abstract import call, is_abstract
 from llm.peft.lora import abstract_module, merge_trees
 from llm.peft.split import combine
@@ -35,7 +36,6 @@ from llm.rl.reward_loss import reward_loss
 log = logging.getLogger("llm")
 
 HEAD = "rm_head"
-HEAD_FILE = "reward_head.safetensors"
 _SUMMABLE = ("accuracy", "margin", "mean_reward", "rewards/chosen", "rewards/rejected")  # means over pairs
 
 
@@ -103,10 +103,6 @@ def init_reward_head(config: ml_collections.ConfigDict):
 
 def _hf_score(hf_dir: str, d_model: int) -> np.ndarray | None:
     """The (d_model, 1) score kernel of a Hugging Face num_labels=1 sequence classifier, else None."""
-    try:
-        from llm.interop.hf_reward import read_reward_head
-    except ImportError:  # the interop module is optional for training
-        return None
     kernel = read_reward_head(Path(hf_dir))
     if kernel is not None:
         log.info("reward head from %s (its score layer)", hf_dir)
@@ -137,7 +133,7 @@ def reward_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
         make_batches=data.make_batches,
         final_metrics=heldout_metrics(data, config, workdir, "margin"),
         head_key=HEAD,
-        head_file=HEAD_FILE,
+        head_file=REWARD_HEAD_FILE,
     )
 
 

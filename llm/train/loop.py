@@ -150,6 +150,12 @@ def evaluate(setup: TrainSetup, params, frozen, batches: Iterator, steps: int) -
     return result
 
 
+def _others(result: dict) -> str:
+    """The held-out metrics besides the loss, for the log line (e.g. a DPO run's rewards/accuracies)."""
+    others = {k[len("eval_"):]: v for k, v in result.items() if k not in ("eval_loss", "eval_perplexity", "eval_tokens")}
+    return "".join(f", {k} {v:.4g}" for k, v in others.items())
+
+
 def _load_partitioned(setup: TrainSetup, hooks: RunHooks) -> tuple[Any, Any, str]:
     """(trainable, frozen, source): the start weights through the run's partition."""
     full, source = hooks.init_params(setup, setup.base_params)
@@ -314,7 +320,7 @@ def run_training(
                 result = evaluate(setup, state.params, frozen, eval_batches, config.train.eval_steps)
                 metrics_log.write(step, result)
                 last.update(result)
-                log.info("step %d: eval loss %.4f, perplexity %.2f", step, result["eval_loss"], result["eval_perplexity"])
+                log.info("step %d: eval loss %.4f, perplexity %.2f%s", step, result["eval_loss"], result["eval_perplexity"], _others(result))
                 window_start = time.perf_counter()  # eval time is not training time
                 if hooks.should_stop is not None and step < total and hooks.should_stop(step, result):
                     save(step)
