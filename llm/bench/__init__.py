@@ -12,6 +12,7 @@ building the `llm` parser stays cheap.
   llm bench generate --config C [--vs-hf]                decode tokens/s vs HF `generate`
   llm bench finetune --config C [--methods ...]          full vs LoRA vs QLoRA vs frozen
   llm bench convert [--preset P]  (= llm convert bench)  HF import/export time and peak RSS
+  llm bench dpo --config C [--model M] [--vs-trl]        DPO tokens/s and peak RSS vs trl.DPOTrainer
 
 Every target takes `--json FILE` (the returned figures, written by the CLI).
 """
@@ -96,6 +97,14 @@ TARGETS: dict[str, Target] = {
                (_option("--preset", "model shape", choices=sorted(PRESETS), default="llama-1b"),
                 _option("--dtype", "checkpoint and params dtype", choices=("float32", "bfloat16"), default="float32"),
                 _option("--workdir", "where the model files go (default: a temporary directory, deleted after)"),
+                JSON)),
+        Target("dpo", "DPO steps (llm dpo) vs trl.DPOTrainer on the same model, pairs, batch and LoRA rank", "llm.bench.dpo",
+               (CONFIG, _option("--steps", "steps per side (the first is not timed)", type=int, default=6),
+                _option("--vs-trl", "also run trl.DPOTrainer (PyTorch CPU; f32, and bf16 autocast where the CPU has AMX / AVX-512 BF16)",
+                        action="store_true"),
+                _option("--model", "take the model shape from this config instead (e.g. configs/small.py)", default=None),
+                _option("--data", "preference JSONL or a manifest.json (default: built-in pairs of a few stdlib packages)", default=None),
+                _option("--out", "the shared HF model, pairs, our workdir and bench.md", default="runs/bench_dpo"),
                 JSON)),
     )
 }
