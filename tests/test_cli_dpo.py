@@ -44,12 +44,13 @@ def write_jsonl(path: Path, rows) -> Path:
 
 
 def metric_rows(workdir: Path) -> dict[tuple[int, str], dict]:
-    """(step, train|eval) -> the row without its timing; a row written again replaces the first."""
+    """(step, train|eval) -> the row without its timing; a resumed run never leaves a step twice."""
     out = {}
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
-        kind = "eval" if any(k.startswith("eval_") for k in row) else "train"
-        out[(row["step"], kind)] = {k: v for k, v in row.items() if k not in TIMING}
+        key = (row["step"], "eval" if any(k.startswith("eval_") for k in row) else "train")
+        assert key not in out, f"{workdir / 'metrics.jsonl'} has two {key[1]} rows of step {key[0]}"
+        out[key] = {k: v for k, v in row.items() if k not in TIMING}
     return out
 
 
