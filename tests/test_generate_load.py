@@ -28,6 +28,9 @@ def test_overrides_apply_to_the_stored_config(tmp_path):
     assert config.model.vocab_size == 300 and config.mesh.tensor == 2 and config.precision.compute == "bfloat16"
     with pytest.raises(UserError, match="unknown config key 'mesh.tensr'"):
         checkpoint_config(tmp_path, ["mesh.tensr=2"])
+    # The tokenizer belongs to the checkpoint (generation, reward scoring): another one would be ignored.
+    with pytest.raises(UserError, match="the tokenizer comes with the checkpoint"):
+        checkpoint_config(tmp_path, ["data.tokenizer=/elsewhere/tokenizer"])
 
 
 def test_byte_models_need_no_tokenizer_directory(tmp_path):

@@ -42,7 +42,16 @@ def _is_hf(directory: str | Path) -> bool:
 
 def checkpoint_config(directory: str | Path, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     """The checkpoint's stored config with `a.b=value` overrides applied (mesh, precision...);
-    for a Hugging Face model directory, the config its import gives (hf_to_config)."""
+    for a Hugging Face model directory, the config its import gives (hf_to_config). The
+    tokenizer belongs to the checkpoint: an override naming another would be ignored, so it is
+    refused."""
+    overrides = list(overrides)
+    for override in overrides:
+        if override.split("=", 1)[0].strip() == "data.tokenizer":
+            raise UserError(
+                f"--config.{override}: the tokenizer comes with the checkpoint {str(directory)!r} (its tokenizer/ directory); "
+                "drop the override, or re-export the model with the tokenizer it was trained with"
+            )
     if _is_hf(directory):
         from llm.interop.hf_config import hf_to_config, read_hf_config
         from llm.interop.hf_import import tokenizer_source
@@ -53,7 +62,6 @@ def checkpoint_config(directory: str | Path, overrides: Iterable[str] = ()) -> m
         config.data.tokenizer = str(Path(directory).absolute())
         return config
     config = load_config_json(directory)
-    overrides = list(overrides)
     if overrides:
         config = apply_overrides(config, overrides)
         validate_config(config)

@@ -144,15 +144,19 @@ def evaluate(setup: TrainSetup, params, frozen, batches: Iterator, steps: int) -
     tokens = sums.pop("tokens", 0.0)
     if tokens == 0:
         raise UserError("the validation split yielded no tokens; set data.eval_path or raise data.eval_fraction")
-    loss = sums.pop("nll_sum") / tokens
-    result = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": tokens}
+    loss_sum = sums.pop("loss_sum")
+    nll_sum = sums.pop("nll_sum", None)
+    loss = (loss_sum if nll_sum is None else nll_sum) / tokens
+    result = {"eval_loss": loss, "eval_tokens": tokens}
+    if nll_sum is not None:  # a likelihood loss: its perplexity means something (a DPO loss's would not)
+        result["eval_perplexity"] = math.exp(min(loss, 50.0))
     result.update({f"eval_{key[: -len('_sum')]}": value / tokens for key, value in sums.items()})
     return result
 
 
 def _others(result: dict) -> str:
     """The held-out metrics besides the loss, for the log line (e.g. a DPO run's rewards/accuracies)."""
-    others = {k[len("eval_"):]: v for k, v in result.items() if k not in ("eval_loss", "eval_perplexity", "eval_tokens")}
+    others = {k[len("eval_"):]: v for k, v in result.items() if k not in ("eval_loss", "eval_tokens")}
     return "".join(f", {k} {v:.4g}" for k, v in others.items())
 
 
@@ -273,7 +277,7 @@ def run_training(
         result = evaluate(setup, state.params, frozen, eval_batches, config.train.eval_steps)
         metrics_log.write(0, result)
         summary["start_eval_loss"] = result["eval_loss"]
-        log.info("step 0: eval loss %.4f, perplexity %.2f (start weights)", result["eval_loss"], result["eval_perplexity"])
+        log.info("step 0: eval loss %.4f%s (start weights)", result["eval_loss"], _others(result))
     bar = tqdm(total=total, initial=step, disable=not is_main, desc="train", unit="step", dynamic_ncols=True)
     with _Preemption(jax.process_count() > 1) as preemption, bar:  # the bar closes on errors too (a one-line error starts its own line)
         while step < total:
@@ -320,7 +324,7 @@ def run_training(
                 result = evaluate(setup, state.params, frozen, eval_batches, config.train.eval_steps)
                 metrics_log.write(step, result)
                 last.update(result)
-                log.info("step %d: eval loss %.4f, perplexity %.2f%s", step, result["eval_loss"], result["eval_perplexity"], _others(result))
+                log.info("step %d: eval loss %.4f%s", step, result["eval_loss"], _others(result))
                 window_start = time.perf_counter()  # eval time is not training time
                 if hooks.should_stop is not None and step < total and hooks.should_stop(step, result):
                     save(step)

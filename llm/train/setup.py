@@ -43,7 +43,7 @@ class TrainSetup:
     state_shardings: Any
     batch_sharding: NamedSharding
     train_step: Callable  # jitted (state, batch, frozen) -> (state, metrics), state donated
-    eval_step: Callable  # jitted (params, frozen, batch) -> {"nll_sum", "tokens"}
+    eval_step: Callable  # jitted (params, frozen, batch) -> {"loss_sum", "tokens", the loss's other sums}
     schedule: Callable
     # Set only for partitioned (fine-tuning) runs: the base model before the partition, and its
     # params as sharded ShapeDtypeStructs (the template the start weights are loaded into).

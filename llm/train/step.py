@@ -104,12 +104,12 @@ def make_train_step(
 
 
 def make_eval_step(loss_fn: LossFn) -> Callable[[Any, Any, dict], dict]:
-    """Summed loss, token count and the loss's other sums (`*_sum`, e.g. accuracy or preference
-    rewards) on one batch; callers average over batches."""
+    """Summed loss, token count and the loss's other sums (`nll_sum` for the likelihood losses,
+    `accuracy_sum`, preference rewards...) on one batch; callers average over batches."""
 
     def eval_step(params, frozen, batch) -> dict:
         loss_sum, aux = loss_fn(params, frozen, batch, jax.random.key(0))
         sums = {k: v for k, v in aux.items() if k.endswith("_sum")}
-        return {**sums, "nll_sum": aux.get("nll_sum", loss_sum), "tokens": aux["tokens"]}
+        return {**sums, "loss_sum": loss_sum, "tokens": aux["tokens"]}
 
     return eval_step
