@@ -24,6 +24,7 @@ def get_config():
     c.data.format = "preference"
     c.model.max_seq_len = 512  # --init-from replaces it with the start model's (which must reach data.seq_len)
     c.data.seq_len = 512  # a row holds whole pairs: 2 x prompt + chosen + rejected
+    c.model.attention_impl = "blocked"  # causal query blocks: 17% more tokens/s than "xla" on tiny LoRA DPO (2-core EPYC)
     c.data.batch_size = 8
     c.dpo.loss = "sigmoid"
     c.dpo.beta = 0.1
