@@ -6,7 +6,9 @@ Run (PRE: an SFT workdir, e.g. the quickstart's runs/quickstart/sft_lora):
   llm dpo --config configs/dpo_lora_tiny.py --workdir runs/dpo --init-from PRE --data runs/corpus/manifest.json
   llm dpo --config configs/dpo_lora_tiny.py --config.dpo.loss=simpo ...   # or ipo, robust, hinge, orpo
 Expect: held-out rewards/accuracies above 0.5 and a positive held-out rewards/margins; the
-workdir gets cost.json, adapter/, merged/ and margins.png.
+workdir gets cost.json, adapter/, merged/ and margins.png. Measured 2026-12-04 from the quickstart's
+SFT model (2-core AMD EPYC VM, no other job): 86 s; over all 467 held-out pairs rewards/accuracies
+0.711 and rewards/margins 0.494 (start: 0.0 and 0.0, loss log 2).
 """
 
 from pathlib import Path
@@ -20,5 +22,7 @@ def get_config():
     c.peft.lora_rank = 8
     c.peft.lora_alpha = 16.0
     c.peft.lora_targets = "all_linear"
-    c.optim.lr = 5e-4  # adapters start at zero and want a larger step than full fine-tuning
+    c.optim.lr = 1e-3  # adapters start at zero and want a larger step than full fine-tuning
+    c.train.steps = 200
+    c.train.eval_every = 100
     return c

@@ -6,7 +6,9 @@ Run (PRE: a pretraining or SFT workdir, an `llm export` directory or a Hugging F
   llm rm score --workdir runs/rm --input rows.jsonl          # {"prompt", "completion"} rows -> rewards
 Expect: held-out accuracy (chosen scored above rejected) well above 0.5; the workdir gets
 cost.json, merged/ (with reward_head.safetensors; `llm convert` writes a Hugging Face
-*ForSequenceClassification model) and margins.png.
+*ForSequenceClassification model) and margins.png. Measured 2026-12-04 from the quickstart's SFT
+model (2-core AMD EPYC VM, no other job): 103 s; over all 467 held-out pairs accuracy 0.715
+(a fresh random head starts near chance: 0.495 on the first 64 pairs) and mean margin 0.84.
 """
 
 from pathlib import Path
@@ -25,10 +27,10 @@ def get_config():
     c.model.attention_impl = "blocked"  # causal query blocks: 17% more tokens/s than "xla" on tiny LoRA DPO (2-core EPYC)
     c.data.batch_size = 8
     c.rm.max_pairs_per_row = 4
-    c.train.steps = 100
+    c.train.steps = 400
     c.train.log_every = 10
-    c.train.eval_every = 50
+    c.train.eval_every = 100
     c.train.eval_steps = 8
-    c.optim.lr = 1e-4
+    c.optim.lr = 3e-4
     c.optim.warmup_steps = 10
     return c
