@@ -30,9 +30,9 @@ from llm.data.jsonl import read_jsonl
 from llm.data.pipeline import build_tokenizer
 from llm.data.split import is_validation
 from llm.errors import ConfigError, UserError
-from llm.finetune.recipe import Runtime, Task, run_finetune
+from llm.finetune.recipe import Runtime, Task, full_tree, run_finetune
 from llm.peft.abstract import call, is_abstract
-from llm.peft.lora import abstract_module, merge_trees
+from llm.peft.lora import abstract_module
 from llm.peft.split import combine
 
 log = logging.getLogger("llm")
@@ -166,10 +166,7 @@ class ClassificationBatches:
 def classification_loss(n_labels: int):
     def build(graphdef, runtime: Runtime, train: bool):
         def loss_fn(trainable, frozen, batch, rng):
-            tree = combine(trainable, frozen)
-            extra = runtime(rng if train else None)
-            if extra:
-                tree = merge_trees(tree, extra)
+            tree = full_tree(trainable, frozen, runtime(rng if train else None))
             head = tree.pop(HEAD)
             logits, mask = head_logits(graphdef, tree, head, batch)
             labels = jnp.sum(batch["targets"] * batch["loss_mask"], axis=1).astype(jnp.int32)

@@ -33,8 +33,7 @@ from llm.config.base import base_config
 from llm.config.validate import validate_config
 from llm.errors import ConfigError, UserError
 from llm.finetune.pair_data import PairData, load_pair_data, per_pair
-from llm.finetune.recipe import Runtime, Task, run_finetune
-from llm.peft.lora import merge_trees
+from llm.finetune.recipe import Runtime, Task, full_tree, run_finetune
 from llm.peft.split import combine
 from llm.pytree import path_keys
 from llm.rl.dpo_losses import DPOLoss, dpo_loss
@@ -113,17 +112,14 @@ def dpo_loss_builder(config: ml_collections.ConfigDict):
     full_nll = spec.loss == "orpo"
 
     def build(graphdef, runtime: Runtime, train: bool):
-        def with_runtime(tree, extra):
-            return merge_trees(tree, extra) if extra else tree
-
         def loss_fn(trainable, frozen, batch, rng):
-            policy = nnx.merge(graphdef, with_runtime(combine(trainable, frozen), runtime(rng if train else None)))
+            policy = nnx.merge(graphdef, full_tree(trainable, frozen, runtime(rng if train else None)))
             sums = sequence_sums(policy, batch, max_segments, full=full_nll)
             chosen, rejected = pairs_of(sums[0])
             n_chosen, n_rejected = pairs_of(sums[1])
             kwargs = {}
             if reference == "adapters_off":
-                ref_model = nnx.merge(graphdef, with_runtime(combine(adapters_off(trainable), frozen), runtime(None)))
+                ref_model = nnx.merge(graphdef, full_tree(adapters_off(trainable), frozen, runtime(None)))
                 ref = jax.lax.stop_gradient(sequence_sums(ref_model, batch, max_segments)[0])
                 kwargs["ref_chosen_logps"], kwargs["ref_rejected_logps"] = pairs_of(ref)
             elif reference == "precompute":

@@ -25,7 +25,8 @@ from llm.parallel.rules import AxisRules
 from llm.peft import lora
 from llm.peft.lora import LoraInfo
 from llm.peft.spec import PeftSpec, peft_spec
-from llm.peft.split import split_params
+from llm.peft.lora import merge_trees
+from llm.peft.split import combine, split_params
 from llm.train.loop import RunHooks, run_training
 from llm.train.partition import Partition
 
@@ -47,6 +48,13 @@ class Task:
     head_key: str | None = None  # top-level key of the head in the trainable tree
     head_file: str = "classification_head.safetensors"  # the head's file in merged/
     on_start: Callable | None = None  # the loop's on_start hook (setup, state, frozen)
+
+
+def full_tree(trainable: Any, frozen: Any, extra: dict) -> dict:
+    """The whole parameter tree a step's model merges with: the trainable and frozen parts and
+    the runtime leaves (`Runtime`: LoRA dropout keys and rate), when there are any."""
+    tree = combine(trainable, frozen)
+    return merge_trees(tree, extra) if extra else tree
 
 
 def lora_info(config: ml_collections.ConfigDict, spec: PeftSpec) -> LoraInfo | None:

@@ -25,11 +25,10 @@ from llm.config.validate import validate_config
 from llm.errors import ConfigError
 from llm.finetune.pair_data import load_pair_data
 from llm.finetune.preference import heldout_metrics, pairs_of
-from llm.finetune.recipe import Runtime, Task, run_finetune
+from llm.finetune.recipe import Runtime, Task, full_tree, run_finetune
 from llm.interop.hf_reward import REWARD_HEAD_FILE, read_reward_head
 from llm.peft.abstract import call, is_abstract
-from llm.peft.lora import abstract_module, merge_trees
-from llm.peft.split import combine
+from llm.peft.lora import abstract_module
 from llm.rl.logprobs import segment_sums
 from llm.rl.reward_loss import reward_loss
 
@@ -56,10 +55,7 @@ def reward_loss_builder(config: ml_collections.ConfigDict):
 
     def build(graphdef, runtime: Runtime, train: bool):
         def loss_fn(trainable, frozen, batch, rng):
-            tree = combine(trainable, frozen)
-            extra = runtime(rng if train else None)
-            if extra:
-                tree = merge_trees(tree, extra)
+            tree = full_tree(trainable, frozen, runtime(rng if train else None))
             head = tree.pop(HEAD)
             rewards = segment_rewards(graphdef, tree, head, batch, max_segments)
             seg = batch["segment_ids"]

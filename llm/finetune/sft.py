@@ -10,9 +10,7 @@ import ml_collections
 
 from llm.config.validate import validate_config
 from llm.errors import ConfigError
-from llm.finetune.recipe import Runtime, Task, run_finetune
-from llm.peft.lora import merge_trees
-from llm.peft.split import combine
+from llm.finetune.recipe import Runtime, Task, full_tree, run_finetune
 from llm.train.loss import lm_loss_fn
 
 
@@ -20,12 +18,7 @@ def lm_task(z_loss: float = 0.0) -> Task:
     def build(graphdef, runtime: Runtime, train: bool):
         def loss_fn(trainable, frozen, batch, rng):
             extra = runtime(rng if train else None)
-
-            def full(t, f):
-                tree = combine(t, f)
-                return merge_trees(tree, extra) if extra else tree
-
-            return lm_loss_fn(graphdef, z_loss, combine=full)(trainable, frozen, batch, rng)
+            return lm_loss_fn(graphdef, z_loss, combine=lambda t, f: full_tree(t, f, extra))(trainable, frozen, batch, rng)
 
         return loss_fn
 
