@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from llm.checkpoint.manager import LAYOUT_KEYS
 from llm.config.base import base_config
 from llm.config.validate import validate_config
 from llm.errors import ConfigError, UserError
@@ -148,8 +149,9 @@ def data_fingerprint(data: PairData, config: ml_collections.ConfigDict) -> str:
             for part in (pair.prompt, pair.chosen, pair.rejected):
                 h.update(np.asarray(part, np.int32).tobytes())
                 h.update(b"|")
+    model = {k: v for k, v in json.loads(config.model.to_json_best_effort()).items() if k not in LAYOUT_KEYS}  # remat etc. may change on resume
     start = {"init_from": config.checkpoint.init_from, "init_from_hf": config.checkpoint.init_from_hf,
-             "model": json.loads(config.model.to_json_best_effort()), "peft": json.loads(config.peft.to_json_best_effort())}
+             "model": model, "peft": json.loads(config.peft.to_json_best_effort())}
     h.update(json.dumps(start, sort_keys=True).encode())
     return h.hexdigest()
 
