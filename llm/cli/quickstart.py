@@ -79,34 +79,32 @@ def _generations(workdir: Path) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+# (file in the workdir, heading, keys shown, plot) per training stage of the report.
+REPORT_SECTIONS = (
+    ("pretrain/summary.json", "Pretraining", ("step", "loss", "eval_loss", "eval_perplexity", "tokens_per_s", "mfu"),
+     "![loss](pretrain/loss.png)"),
+    ("sft_lora/cost.json", "LoRA instruction tuning (held-out assistant-token loss)",
+     ("method", "trainable_params", "total_params", "trainable_fraction", "start_eval_loss", "eval_loss", "tokens_per_s",
+      "step_flops", "peak_memory_bytes"), "![loss](sft_lora/loss.png)"),
+    ("rm/cost.json", "Reward model (held-out preference pairs)",
+     ("method", "start_eval_loss", "heldout_loss", "heldout_accuracy", "heldout_margin", "heldout_pairs", "tokens_per_s"),
+     "![margin](rm/margins.png)"),
+    ("dpo_lora/cost.json", "LoRA DPO (held-out preference pairs; reference = the base with adapters off)",
+     ("method", "start_eval_loss", "heldout_loss", "heldout_rewards/accuracies", "heldout_rewards/margins", "heldout_pairs",
+      "tokens_per_s"), "![margin](dpo_lora/margins.png)"),
+)
+
+
 def write_report(workdir: Path, timings: list[tuple[str, float]]) -> Path:
     """report.md: what ran, how long it took, the pretraining and fine-tuning results, and the
     held-out completions before and after fine-tuning."""
     lines = ["# Quickstart report", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| `{cmd}` | {seconds:.1f} |" for cmd, seconds in timings]
-    summary_path = workdir / "pretrain" / "summary.json"
-    if summary_path.exists():
-        lines += ["", "## Pretraining", ""]
-        lines += _summary_lines(json.loads(summary_path.read_text()), ("step", "loss", "eval_loss", "eval_perplexity", "tokens_per_s", "mfu"))
-        lines += ["", "![loss](pretrain/loss.png)"]
-    cost_path = workdir / "sft_lora" / "cost.json"
-    if cost_path.exists():
-        lines += ["", "## LoRA instruction tuning (held-out assistant-token loss)", ""]
-        lines += _summary_lines(json.loads(cost_path.read_text()), ("method", "trainable_params", "total_params", "trainable_fraction",
-                                                                    "start_eval_loss", "eval_loss", "tokens_per_s", "step_flops", "peak_memory_bytes"))
-        lines += ["", "![loss](sft_lora/loss.png)"]
-    rm_cost = workdir / "rm" / "cost.json"
-    if rm_cost.exists():
-        lines += ["", "## Reward model (held-out preference pairs)", ""]
-        lines += _summary_lines(json.loads(rm_cost.read_text()), ("method", "start_eval_loss", "heldout_loss", "heldout_accuracy",
-                                                                  "heldout_margin", "heldout_pairs", "tokens_per_s"))
-        lines += ["", "![margin](rm/margins.png)"]
-    dpo_cost = workdir / "dpo_lora" / "cost.json"
-    if dpo_cost.exists():
-        lines += ["", "## LoRA DPO (held-out preference pairs; reference = the base with adapters off)", ""]
-        lines += _summary_lines(json.loads(dpo_cost.read_text()), ("method", "start_eval_loss", "heldout_loss", "heldout_rewards/accuracies",
-                                                                   "heldout_rewards/margins", "heldout_pairs", "tokens_per_s"))
-        lines += ["", "![margin](dpo_lora/margins.png)"]
+    for path, heading, keys, plot in REPORT_SECTIONS:
+        if (workdir / path).exists():
+            lines += ["", f"## {heading}", ""]
+            lines += _summary_lines(json.loads((workdir / path).read_text()), keys)
+            lines += ["", plot]
     for i, (prompt, reference, before, after) in enumerate(_generations(workdir), 1):
         lines += ["", f"### Held-out prompt {i}", "", "```", prompt.rstrip(), "```"]
         for title, text in (("reference", reference), ("before fine-tuning", before), ("after fine-tuning", after)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -15,10 +16,13 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from llm.config.validate import validate_config
 from llm.data.pair_packing import PairBatches
 from llm.data.pairs import PairStats, TokenPair, load_pairs
 from llm.data.pipeline import build_tokenizer
+from llm.errors import ConfigError
 from llm.finetune.start import copy_config
+from llm.train.metrics import plot_metric
 
 log = logging.getLogger("llm")
 
@@ -94,3 +98,40 @@ def per_pair(data: PairData, split: str, setup, fn, params, frozen) -> np.ndarra
     if np.isnan(out).any():
         raise RuntimeError(f"{int(np.isnan(out).any(axis=1).sum())} {split} pairs got no value")  # a packing bug, not bad input
     return out
+
+
+def pairs_of(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(rows, 2 * pairs) per-segment values -> chosen and rejected, each (rows * pairs,)."""
+    return x[:, 0::2].reshape(-1), x[:, 1::2].reshape(-1)
+
+
+def heldout_metrics(data: PairData, config: ml_collections.ConfigDict, workdir: Path, margin_key: str):
+    """The task's final_metrics: the loss's metrics over the whole validation split, and the
+    margin plot."""
+
+    def run(setup, trainable, frozen) -> dict:
+        from llm.train.loop import evaluate
+
+        batches = data.make_batches(config, "validation", jax.process_index(), jax.process_count())
+        result = evaluate(setup, trainable, frozen, batches, 1 << 30)
+        metrics_path = workdir / "metrics.jsonl"
+        if jax.process_index() == 0 and metrics_path.is_file():
+            plot_metric(metrics_path, workdir / "margins.png", margin_key, f"{margin_key} (chosen - rejected)")
+        return {f"heldout_{k[len('eval_'):]}": v for k, v in result.items() if k != "eval_tokens"} | {
+            "heldout_pairs": len(data.validation)}
+
+    return run
+
+
+def check_pair_config(config: ml_collections.ConfigDict, task: str, command: str) -> None:
+    """What `llm rm` (task "rm" -> finetune.task=reward) and `llm dpo` share: the task, the
+    preference data format and the pairs per row of config[section]."""
+    validate_config(config)
+    want = "reward" if task == "rm" else task
+    if config.finetune.task != want:
+        raise ConfigError(f"finetune.task={config.finetune.task!r}; `{command}` runs finetune.task={want}")
+    if config.data.format != "preference":
+        raise ConfigError(f"data.format={config.data.format!r}; `{command}` reads data.format=preference ({{prompt, chosen, rejected}} records)")
+    per_row = config[task].max_pairs_per_row
+    if int(per_row) < 1:
+        raise ConfigError(f"{task}.max_pairs_per_row={per_row} must be at least 1")

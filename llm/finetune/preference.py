@@ -31,15 +31,13 @@ from flax import nnx
 
 from llm.checkpoint.manager import LAYOUT_KEYS
 from llm.config.base import base_config
-from llm.config.validate import validate_config
 from llm.errors import ConfigError, UserError
-from llm.finetune.pair_data import PairData, load_pair_data, per_pair
+from llm.finetune.pair_data import PairData, check_pair_config, heldout_metrics, load_pair_data, pairs_of, per_pair
 from llm.finetune.recipe import Runtime, Task, full_tree, run_finetune
 from llm.peft.split import combine
 from llm.pytree import path_keys
 from llm.rl.dpo_losses import DPOLoss, dpo_loss
 from llm.rl.logprobs import segment_sums, token_logprobs
-from llm.train.metrics import plot_metric
 
 log = logging.getLogger("llm")
 
@@ -99,11 +97,6 @@ def sequence_sums(model, batch: dict, max_segments: int, full: bool = False) -> 
     if full:
         out += segment_sums(logprobs, (seg > 0).astype(jnp.float32), seg, max_segments)
     return out
-
-
-def pairs_of(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(rows, 2 * pairs) per-segment values -> chosen and rejected, each (rows * pairs,)."""
-    return x[:, 0::2].reshape(-1), x[:, 1::2].reshape(-1)
 
 
 def dpo_loss_builder(config: ml_collections.ConfigDict):
@@ -193,32 +186,8 @@ def reference_hook(data: PairData, config: ml_collections.ConfigDict, workdir: P
     return on_start
 
 
-def heldout_metrics(data: PairData, config: ml_collections.ConfigDict, workdir: Path, margin_key: str):
-    """The task's final_metrics: the loss's metrics over the whole validation split, and the
-    margin plot."""
-
-    def run(setup, trainable, frozen) -> dict:
-        from llm.train.loop import evaluate
-
-        batches = data.make_batches(config, "validation", jax.process_index(), jax.process_count())
-        result = evaluate(setup, trainable, frozen, batches, 1 << 30)
-        metrics_path = workdir / "metrics.jsonl"
-        if jax.process_index() == 0 and metrics_path.is_file():
-            plot_metric(metrics_path, workdir / "margins.png", margin_key, f"{margin_key} (chosen - rejected)")
-        return {f"heldout_{k[len('eval_'):]}": v for k, v in result.items() if k not in ("eval_perplexity", "eval_tokens")} | {
-            "heldout_pairs": len(data.validation)}
-
-    return run
-
-
 def check_dpo_config(config: ml_collections.ConfigDict) -> None:
-    validate_config(config)
-    if config.finetune.task != "dpo":
-        raise ConfigError(f"finetune.task={config.finetune.task!r}; `llm dpo` runs finetune.task=dpo")
-    if config.data.format != "preference":
-        raise ConfigError(f"data.format={config.data.format!r}; `llm dpo` reads data.format=preference ({{prompt, chosen, rejected}} records)")
-    if int(config.dpo.max_pairs_per_row) < 1:
-        raise ConfigError(f"dpo.max_pairs_per_row={config.dpo.max_pairs_per_row} must be at least 1")
+    check_pair_config(config, "dpo", "llm dpo")
     resolve_reference(config)
 
 

@@ -21,10 +21,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from llm.config.validate import validate_config
 from llm.errors import ConfigError
-from llm.finetune.pair_data import load_pair_data
-from llm.finetune.preference import heldout_metrics, pairs_of
+from llm.finetune.pair_data import check_pair_config, heldout_metrics, load_pair_data, pairs_of
 from llm.finetune.recipe import Runtime, Task, full_tree, run_finetune
 from llm.interop.hf_reward import REWARD_HEAD_FILE, read_reward_head
 from llm.peft.abstract import call, is_abstract
@@ -41,10 +39,15 @@ _SUMMABLE = ("accuracy", "margin", "mean_reward", "rewards/chosen", "rewards/rej
 def segment_rewards(graphdef: nnx.GraphDef, backbone: Any, head: dict, batch: dict, max_segments: int) -> jax.Array:
     """(rows, max_segments) f32 rewards: the hidden state at each segment's loss_mask position
     (its last token) times the head's kernel. Empty segments read 0."""
+    return _rewards_and_counts(graphdef, backbone, head, batch, max_segments)[0]
+
+
+def _rewards_and_counts(graphdef, backbone, head: dict, batch: dict, max_segments: int) -> tuple[jax.Array, jax.Array]:
+    """segment_rewards and, per segment, how many positions were read (0: an empty segment)."""
     model = nnx.merge(graphdef, backbone)
     hidden = model.hidden_states(batch["inputs"], batch["positions"], batch["segment_ids"])
     scores = jnp.einsum("btd,d->bt", hidden.astype(jnp.float32), head["kernel"][:, 0].astype(jnp.float32))
-    return segment_sums(scores, batch["loss_mask"], batch["segment_ids"], max_segments)[0]
+    return segment_sums(scores, batch["loss_mask"], batch["segment_ids"], max_segments)
 
 
 def reward_loss_builder(config: ml_collections.ConfigDict):
@@ -57,9 +60,8 @@ def reward_loss_builder(config: ml_collections.ConfigDict):
         def loss_fn(trainable, frozen, batch, rng):
             tree = full_tree(trainable, frozen, runtime(rng if train else None))
             head = tree.pop(HEAD)
-            rewards = segment_rewards(graphdef, tree, head, batch, max_segments)
+            rewards, counts = _rewards_and_counts(graphdef, tree, head, batch, max_segments)
             seg = batch["segment_ids"]
-            counts = segment_sums(batch["loss_mask"], jnp.ones_like(batch["loss_mask"]), seg, max_segments)[0]
             chosen, rejected = pairs_of(rewards)
             mask = pairs_of(counts)[0] > 0
             margin = None
@@ -108,13 +110,7 @@ def _hf_score(hf_dir: str, d_model: int) -> np.ndarray | None:
 
 
 def check_reward_config(config: ml_collections.ConfigDict) -> None:
-    validate_config(config)
-    if config.finetune.task != "reward":
-        raise ConfigError(f"finetune.task={config.finetune.task!r}; `llm rm` runs finetune.task=reward")
-    if config.data.format != "preference":
-        raise ConfigError(f"data.format={config.data.format!r}; `llm rm` reads data.format=preference ({{prompt, chosen, rejected}} records)")
-    if int(config.rm.max_pairs_per_row) < 1:
-        raise ConfigError(f"rm.max_pairs_per_row={config.rm.max_pairs_per_row} must be at least 1")
+    check_pair_config(config, "rm", "llm rm")
     c = float(config.rm.center_rewards_coefficient)
     if not (np.isfinite(c) and c >= 0):
         raise ConfigError(f"rm.center_rewards_coefficient={c} must be a finite number >= 0 (TRL suggests 0.01)")
