@@ -202,7 +202,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Fine-tuning recipes (llm.finetune, `llm sft` / `llm classify`).
     c.finetune = ml_collections.ConfigDict()
     f = c.finetune
-    f.task = "sft"  # sft | classification | reward (`llm rm`) | dpo (`llm dpo`)
+    f.task = "sft"  # sft | classification | reward (`llm rm`) | dpo (`llm dpo`) | grpo | ppo
     f.patience = 0  # evals without a lower eval loss before stopping early; 0 = never stop early
     f.num_labels = 0  # classification: 0 = from the data (the manifest's labels, else max label + 1)
     f.label_field = "label"  # classification records: {data.text_field: str, label_field: int}
@@ -228,4 +228,55 @@ def base_config() -> ml_collections.ConfigDict:
     c.rm.center_rewards_coefficient = 0.0  # 0 = off; TRL suggests 0.01
     c.rm.margin_field = ""  # a per-pair margin column of the records ("" = none)
     c.rm.max_pairs_per_row = 8
+
+    # Online RL (`llm grpo` / `llm ppo`, llm.rl): rollouts from our sampler, rewards, policy-gradient
+    # updates on the one training loop. Names follow TRL's GRPOConfig where it has one; where TRL
+    # and Tunix differ the comment says which one the default matches.
+    c.rl = ml_collections.ConfigDict()
+    r = c.rl
+    r.task = "addition"  # prompts: addition | docstring (built-in verifiable tasks) | jsonl (data.path rows)
+    r.task_size = 2000  # built-in task: prompts generated (seeded by data.seed); held_out of them kept for eval
+    r.held_out = 200
+    r.digits = 2  # addition: operands have 1..digits digits
+    r.prompts_per_step = 4  # prompts per rollout batch; the batch is prompts_per_step * num_generations sequences
+    r.num_generations = 8  # G completions per prompt (TRL num_generations=8)
+    r.steps_per_generation = 1  # optimizer steps per rollout batch (it is split into this many minibatches)
+    r.num_iterations = 1  # mu: passes over each rollout batch, old log-probs kept (TRL 1, Tunix num_iterations 1)
+    r.max_prompt_tokens = 64  # longer prompts are cut from the left (TRL max_prompt_length keeps the end)
+    r.max_new_tokens = 32  # TRL max_completion_length=256; small for the built-in tasks
+    r.temperature = 1.0  # TRL 1.0; the training forward divides the logits by it too, as TRL does
+    r.top_p = 1.0
+    r.top_k = 0
+    r.stop_strings = ()  # besides the tokenizer's EOS; the completion is cut after the first one
+    r.advantage = "grpo"  # grpo: (r - mean_g) / (std_g + eps) | rloo: r - mean of the other G-1
+    r.scale_rewards = "group"  # group | batch | none (TRL "group"; Dr.GRPO: none)
+    r.std_eps = 1e-4  # TRL adds 1e-4 to the (unbiased, ddof=1) group std; Tunix 1e-6 to ddof=0
+    r.epsilon_low = 0.2  # TRL epsilon
+    r.epsilon_high = 0.2  # TRL epsilon_high (defaults to epsilon); DAPO 0.28
+    r.delta = 0.0  # dual clip: > 1 caps the ratio of the unclipped term (TRL delta, None = off); 0 = off
+    r.importance_sampling = "token"  # token | sequence (GSPO); TRL importance_sampling_level
+    r.beta = 0.0  # KL penalty weight (TRL 0.0; Tunix 0.04); > 0 needs a reference policy
+    r.kl_estimator = "k3"  # k1 | k2 | k3 (TRL: k3; Tunix: k3)
+    r.loss_agg = "dapo"  # grpo | bnpo | dr_grpo | dapo (TRL loss_type default "dapo")
+    r.log_ratio_clip = 20.0  # numerical guard: log pi/pi_old is clamped to +-this before exp
+    r.missing_eos_penalty = 0.0  # subtracted from the reward of a completion that hit max_new_tokens (0 = off)
+    r.rewards = ()  # "builtin:addition", "module:function" or "workdir" (reward model), each "@weight" optional
+    r.reward_model = ""  # an `llm rm` workdir scored as one more reward (weight rl.reward_model_weight)
+    r.reward_model_weight = 1.0
+    r.max_reward_failure_rate = 0.5  # stop when more than this share of a step's reward calls fail
+    r.sandbox_timeout_s = 2.0  # generated code (docstring task): wall clock per completion
+    r.sandbox_memory_mb = 256
+    r.reward_workers = 2  # reward calls in parallel (threads; sandboxed code runs in subprocesses)
+    r.eval_prompts = 64  # held-out prompts decoded greedily at each eval
+    r.sample_every = 10  # write sample completions with their rewards every N steps (0 = never)
+    r.samples = 4  # completions written each time
+    # PPO (`llm ppo`): TRL's PPOConfig names and defaults.
+    r.kl_coef = 0.05
+    r.gamma = 1.0
+    r.lam = 0.95
+    r.cliprange_value = 0.2
+    r.vf_coef = 0.1
+    r.num_ppo_epochs = 4
+    r.whiten_rewards = False
+    r.value_model = "head"  # head: a value head on the policy trunk | separate: its own adapters / copy + head
     return c
