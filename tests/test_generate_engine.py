@@ -58,8 +58,8 @@ def left_pad(prompts: list[list[int]], width: int) -> tuple[np.ndarray, np.ndarr
 def run_prefill(engine, params, prompts, max_new, stops, new_tokens=16):
     tokens, lens = left_pad(prompts, 16)
     return engine.prefill(
-        params, tokens, lens, np.asarray(max_new, np.int32), np.asarray(stops, np.int32),
-        jax.random.PRNGKey(0), np.float32(1.0), np.float32(1.0),
+        params, tokens, lens, np.asarray(max_new, np.int32), np.asarray(stops, np.int32)[..., None],
+        jax.random.PRNGKey(0), np.float32(1.0), np.float32(1.0), np.float32(1.0),
         mode=GREEDY, new_tokens=new_tokens, return_logprobs=False,
     )
 

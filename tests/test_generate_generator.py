@@ -282,3 +282,17 @@ def test_bad_input_is_a_one_line_user_error(prompts, kwargs, message):
     with pytest.raises(UserError, match=message) as err:
         gen.generate(prompts, **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_stop_sequences_end_a_row_after_their_last_token():
+    """A multi-token stop sequence (a tokenized stop string) ends the row where the sequence
+    completes; a sequence that never occurs changes nothing."""
+    gen, _ = build()
+    prompts = [[1, 2, 3], [4, 5]]
+    free = gen.generate(prompts, max_new_tokens=12)
+    seq = free[0].tokens[3:5]
+    first = next(i for i in range(1, 12) if free[0].tokens[i - 1 : i + 1] == seq) + 1
+    cut = gen.generate(prompts, max_new_tokens=12, stop_sequences=[seq])
+    assert cut[0].tokens == free[0].tokens[:first] and cut[0].finish_reason == "stop"
+    never = gen.generate(prompts, max_new_tokens=12, stop_sequences=[[249, 249, 249, 249]])
+    assert [c.tokens for c in never] == [c.tokens for c in free] and never[0].finish_reason == "length"

@@ -73,7 +73,7 @@ SCRIPT = textwrap.dedent(
         b = single.generate(prompts, **kw)
         tokens, lens, new, stops, n = sharded._inputs(prompts, [4] * 5, [[]] * 5)
         state = sharded.engine.prefill(
-            sharded.params, tokens, lens, new, stops, jax.random.PRNGKey(0), np.float32(1), np.float32(1),
+            sharded.params, tokens, lens, new, stops, jax.random.PRNGKey(0), np.float32(1), np.float32(1), np.float32(1),
             mode=SamplingOptions().mode(), new_tokens=n, return_logprobs=False,
         )
         k_cache = state.cache["k"][0] if scan else state.cache["k"][0][0]  # block 0 (the prompt), layer 0

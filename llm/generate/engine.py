@@ -41,10 +41,24 @@ class DecodeState(NamedTuple):
     step: jax.Array  # () int32
     key: jax.Array  # PRNG key of the request
     max_new: jax.Array  # (B,) int32
-    stop_ids: jax.Array  # (B, K) int32, -1 = no stop token
+    stop_ids: jax.Array  # (B, K, M) int32: K stop sequences of <= M tokens, right-aligned, -1 = none
     temperature: jax.Array  # () f32
     top_p: jax.Array  # () f32
+    # () f32: the returned log-probs are of logits / this (1 = the model's own distribution; RL
+    # rollouts pass the sampling temperature, which is what their training forward computes)
+    logprob_temperature: jax.Array
     rope: Any = None  # RoPE (cos, sin) of `last`'s positions (model.rope_tables), None without RoPE
+
+
+def _hit_stop(tokens: jax.Array, column: jax.Array, stop_ids: jax.Array) -> jax.Array:
+    """(B,) whether the new tokens up to `column` end with one of the row's stop sequences."""
+    m = stop_ids.shape[-1]
+    if m == 1:
+        return jnp.any(tokens[jnp.arange(tokens.shape[0]), column][:, None] == stop_ids[..., 0], axis=-1)
+    padded = jnp.pad(tokens, ((0, 0), (m - 1, 0)), constant_values=-2)  # nothing before the first new token
+    tail = jax.lax.dynamic_slice_in_dim(padded, column, m, axis=1)  # columns column-m+1 .. column
+    match = jnp.all((stop_ids == -1) | (stop_ids == tail[:, None, :]), axis=-1) & jnp.any(stop_ids != -1, axis=-1)
+    return jnp.any(match, axis=-1)
 
 
 def _emit(state: DecodeState, logits: jax.Array, mode: SamplingMode, pad_id: int) -> DecodeState:
@@ -56,10 +70,10 @@ def _emit(state: DecodeState, logits: jax.Array, mode: SamplingMode, pad_id: int
     tokens = jax.lax.dynamic_update_slice(state.tokens, tok[:, None], (0, column))
     logprobs = state.logprobs
     if logprobs.shape[1]:
-        lp = jnp.where(active, token_logprobs(logits, tok), 0.0)
+        lp = jnp.where(active, token_logprobs(logits / state.logprob_temperature, tok), 0.0)
         logprobs = jax.lax.dynamic_update_slice(logprobs, lp[:, None], (0, column))
     lengths = state.lengths + active.astype(jnp.int32)
-    hit_stop = jnp.any(tok[:, None] == state.stop_ids, axis=-1)
+    hit_stop = _hit_stop(tokens, column, state.stop_ids)
     done = state.done | (active & hit_stop) | (lengths >= state.max_new)
     return state._replace(
         tokens=tokens,
@@ -82,6 +96,7 @@ def prefill(
     key: jax.Array,
     temperature: jax.Array,
     top_p: jax.Array,
+    logprob_temperature: jax.Array,
     *,
     mode: SamplingMode,
     new_tokens: int,
@@ -115,6 +130,7 @@ def prefill(
         stop_ids=stop_ids,
         temperature=temperature,
         top_p=top_p,
+        logprob_temperature=logprob_temperature,
     )
     return _next_rope(model, _emit(state, logits, mode, pad_id))
 

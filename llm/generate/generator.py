@@ -82,17 +82,20 @@ class Generator:
         pad_id: int = 0,
         min_bucket: int = 16,
         cast_to_compute: bool = True,
+        pack_for_cpu: bool = True,
     ):
         """cast_to_compute: keep a copy of the weights in the compute dtype (bf16 on
         accelerators), so each decode step reads half the bytes of f32 weights; a no-op when the
-        dtypes already agree (f32 on CPU). On CPU the layers' matrices and an untied LM head are
-        kept packed for the CPU decode kernel (llm.generate.layout)."""
+        dtypes already agree (f32 on CPU). pack_for_cpu: on CPU keep the layers' matrices and an
+        untied LM head packed for the CPU decode kernel (llm.generate.layout). RL rollouts turn
+        both off and pass the training arrays to each `generate` call (`params=`), so decoding
+        holds no second copy of the base."""
         model = nnx.merge(graphdef, params)
         self.graphdef = graphdef
         self.spec = model.spec
         self.rules = model.rules
         self.params = cast_params(params, self.spec.compute_dtype) if cast_to_compute else params
-        if jax.default_backend() == "cpu":
+        if pack_for_cpu and jax.default_backend() == "cpu":
             self.params = pack_kernels(model, self.params)
         self.pad_id = int(pad_id)
         self.min_bucket = min_bucket
@@ -119,9 +122,12 @@ class Generator:
             if bad:
                 raise UserError(f"prompt {i} has token id {bad[0]} outside the vocabulary [0, {vocab}); check the tokenizer")
         for row in stops:
-            for t in row:
-                if not 0 <= t < vocab:
-                    raise UserError(f"unknown stop token id {t}; the vocabulary has ids 0..{vocab - 1}")
+            for sequence in row:
+                if not sequence:
+                    raise UserError("an empty stop sequence; give at least one token id")
+                for t in sequence:
+                    if not 0 <= t < vocab:
+                        raise UserError(f"unknown stop token id {t}; the vocabulary has ids 0..{vocab - 1}")
 
     def _inputs(self, prompts, max_new, stops, pad_batch_to: int = 0):
         """Left-padded numpy arrays; the batch is padded with inert rows to `pad_batch_to` and to
@@ -132,15 +138,17 @@ class Generator:
         p = bucket_length(max(len(x) for x in prompts), self.min_bucket)
         n = bucket_length(max(max_new), self.min_bucket)
         k = max(1, max(len(row) for row in stops))
+        m = max([1] + [len(sequence) for row in stops for sequence in row])
         tokens = np.full((padded_batch, p), self.pad_id, np.int32)
         lens = np.ones((padded_batch,), np.int32)
         new = np.zeros((padded_batch,), np.int32)  # padding rows are done from the start
-        stop_ids = np.full((padded_batch, k), -1, np.int32)
+        stop_ids = np.full((padded_batch, k, m), -1, np.int32)  # right-aligned sequences
         for i, prompt in enumerate(prompts):
             tokens[i, p - len(prompt) :] = np.asarray(prompt, np.int32)
             lens[i] = len(prompt)
             new[i] = max_new[i]
-            stop_ids[i, : len(stops[i])] = stops[i]
+            for j, sequence in enumerate(stops[i]):
+                stop_ids[i, j, m - len(sequence) :] = sequence
         return tokens, lens, new, stop_ids, n
 
     def generate(
@@ -150,45 +158,56 @@ class Generator:
         max_new_tokens: int | Sequence[int],
         options: SamplingOptions = SamplingOptions(),
         stop_tokens: Sequence[int] | Sequence[Sequence[int]] = (),
+        stop_sequences: Sequence[Sequence[int]] = (),
         seed: int = 0,
         return_logprobs: bool = False,
         on_chunk: ChunkCallback | None = None,
         chunk_tokens: int = 8,
         pad_batch_to: int = 0,
+        params: Any = None,
+        logprobs_at_temperature: bool = False,
     ) -> list[Completion]:
         """Complete each prompt (a list of token ids).
 
-        max_new_tokens and stop_tokens may be per row. With `on_chunk`, decoding runs
+        max_new_tokens and stop_tokens may be per row; stop_sequences (token-id sequences, e.g. a
+        tokenized stop string) end every row whose new tokens end with one. With `on_chunk`, decoding runs
         `chunk_tokens` steps per call and on_chunk gets each row's new tokens after every chunk
         (streaming); without it the whole decode is one compiled loop. pad_batch_to: fill the
         batch with inert rows up to this size, so a short last batch reuses the compiled program.
+        params: decode these weights (same tree and layout as the constructor's) instead of the
+        generator's own: RL rollouts decode each step's policy with one compiled program.
+        logprobs_at_temperature: return log-probs of logits / temperature (what an RL training
+        forward at the sampling temperature computes) instead of the model's own distribution.
         """
+        params = self.params if params is None else params
         batch = len(prompts)
         max_new = _per_row(max_new_tokens, batch, "max_new_tokens")
-        stops = _stop_lists(stop_tokens, batch)
+        stops = [[(t,) for t in row] + [tuple(int(t) for t in q) for q in stop_sequences] for row in _stop_lists(stop_tokens, batch)]
         options.validate(self.spec.vocab_size)
         self._validate(prompts, max_new, stops)
         tokens, lens, new, stop_ids, n = self._inputs(prompts, max_new, stops, pad_batch_to)
+        temperature = np.float32(options.temperature if not options.greedy else 1.0)
         state = self.engine.prefill(
-            self.params,
+            params,
             tokens,
             lens,
             new,
             stop_ids,
             jax.random.PRNGKey(seed),
-            np.float32(options.temperature if not options.greedy else 1.0),
+            temperature,
             np.float32(options.top_p),
+            temperature if logprobs_at_temperature else np.float32(1.0),
             mode=options.mode(),
             new_tokens=n,
             return_logprobs=return_logprobs,
         )
         if on_chunk is None:
-            state = self.engine.decode(self.params, state, np.int32(n), mode=options.mode())
+            state = self.engine.decode(params, state, np.int32(n), mode=options.mode())
         else:
-            state = self._stream(state, n, options.mode(), batch, on_chunk, max(1, int(chunk_tokens)))
+            state = self._stream(params, state, n, options.mode(), batch, on_chunk, max(1, int(chunk_tokens)))
         return self._completions(state, batch, stops)
 
-    def _stream(self, state: DecodeState, n: int, mode: SamplingMode, batch: int, on_chunk: ChunkCallback, chunk: int) -> DecodeState:
+    def _stream(self, params: Any, state: DecodeState, n: int, mode: SamplingMode, batch: int, on_chunk: ChunkCallback, chunk: int) -> DecodeState:
         sent = 0
         while True:
             step, done, tokens, lengths = jax.device_get((state.step, state.done, state.tokens, state.lengths))
@@ -197,14 +216,14 @@ class Generator:
             sent = step
             if step >= n or bool(np.all(done)):
                 return state
-            state = self.engine.decode(self.params, state, np.int32(step + chunk), mode=mode)
+            state = self.engine.decode(params, state, np.int32(step + chunk), mode=mode)
 
-    def _completions(self, state: DecodeState, batch: int, stops: list[list[int]]) -> list[Completion]:
+    def _completions(self, state: DecodeState, batch: int, stops: list[list[tuple]]) -> list[Completion]:
         tokens, lengths, logprobs = jax.device_get((state.tokens, state.lengths, state.logprobs))
         out = []
         for i in range(batch):
             row = tokens[i, : lengths[i]].tolist()
-            reason = "stop" if row and row[-1] in stops[i] else "length"
+            reason = "stop" if any(len(row) >= len(q) and tuple(row[-len(q):]) == q for q in stops[i]) else "length"
             lp = logprobs[i, : lengths[i]].tolist() if logprobs.shape[1] else None
             out.append(Completion(tokens=row, logprobs=lp, finish_reason=reason))
         return out

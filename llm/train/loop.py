@@ -57,6 +57,14 @@ class RunHooks:
     # (setup, state, frozen) -> None, after the start weights are in place and before any step or
     # eval: work that needs the start policy once (DPO's precomputed reference log-probs).
     on_start: Callable | None = None
+    # On-policy runs (GRPO, PPO): (setup, state, frozen) -> (host batch, host metrics), the
+    # next batch made from the current weights (rollouts), used instead of next(batches); the
+    # iterator still carries the data state. Host metrics (rewards, rollout time...) are logged as
+    # means over the steps since the last log line.
+    next_batch: Callable | None = None
+    # (setup, params, frozen) -> {"eval_...": value}: the run's own evaluation instead of the
+    # held-out loss (RL: rewards of held-out prompts); its first value is the one logged.
+    evaluate: Callable | None = None
 
 
 class _NonFiniteGuard:
@@ -154,10 +162,11 @@ def evaluate(setup: TrainSetup, params, frozen, batches: Iterator, steps: int) -
     return result
 
 
-def _others(result: dict) -> str:
-    """The held-out metrics besides the loss, for the log line (e.g. a DPO run's rewards/accuracies)."""
-    others = {k[len("eval_"):]: v for k, v in result.items() if k not in ("eval_loss", "eval_tokens")}
-    return "".join(f", {k} {v:.4g}" for k, v in others.items())
+def _eval_line(result: dict) -> str:
+    """'eval loss 2.1, perplexity 8.1, rewards/accuracies 0.7' (a run without a loss: 'eval
+    reward 0.4, success 0.2')."""
+    names = sorted((k for k in result if k.startswith("eval_") and k != "eval_tokens"), key=lambda k: k != "eval_loss")
+    return "eval " + ", ".join(f"{k[len('eval_'):]} {result[k]:.4g}" for k in names)
 
 
 def _load_partitioned(setup: TrainSetup, hooks: RunHooks) -> tuple[Any, Any, str]:
@@ -272,12 +281,19 @@ def run_training(
         saved_now.append(at)
         timed.saved(at)
 
-    if hooks.eval_at_start and config.train.eval_every and step == 0 and step < total:
+    def run_eval() -> dict:
+        if hooks.evaluate is not None:
+            return hooks.evaluate(setup, state.params, frozen)
         eval_batches = make_batches(config, "validation", jax.process_index(), jax.process_count())
-        result = evaluate(setup, state.params, frozen, eval_batches, config.train.eval_steps)
+        return evaluate(setup, state.params, frozen, eval_batches, config.train.eval_steps)
+
+    if hooks.eval_at_start and config.train.eval_every and step == 0 and step < total:
+        result = run_eval()
         metrics_log.write(0, result)
-        summary["start_eval_loss"] = result["eval_loss"]
-        log.info("step 0: eval loss %.4f%s (start weights)", result["eval_loss"], _others(result))
+        summary.update({f"start_{k}": v for k, v in result.items() if k.startswith("eval_") and k != "eval_tokens"})
+        log.info("step 0: %s (start weights)", _eval_line(result))
+    host_sums: dict[str, float] = {}
+    host_steps = 0
     bar = tqdm(total=total, initial=step, disable=not is_main, desc="train", unit="step", dynamic_ncols=True)
     with _Preemption(jax.process_count() > 1) as preemption, bar:  # the bar closes on errors too (a one-line error starts its own line)
         while step < total:
@@ -287,7 +303,14 @@ def run_training(
                 log.info("preempted: saved step %d to %s; re-run the same command to resume", step, ckpt.directory)
                 summary.update(preempted=True, step=step)
                 break
-            batch = setup.shard_batch(next(batches))
+            if hooks.next_batch is not None:
+                host_batch, host_metrics = hooks.next_batch(setup, state, frozen)
+                for key, value in host_metrics.items():
+                    host_sums[key] = host_sums.get(key, 0.0) + float(value)
+                host_steps += 1
+            else:
+                host_batch = next(batches)
+            batch = setup.shard_batch(host_batch)
             state, metrics = setup.train_step(state, batch, frozen)
             step += 1
             check_pending()
@@ -311,6 +334,9 @@ def run_training(
                 window_start, window_steps = time.perf_counter(), 0
                 values.pop("finite", None)
                 values["skipped_steps"] = skipped
+                if host_steps:
+                    values.update({k: v / host_steps for k, v in host_sums.items()})
+                    host_sums, host_steps = {}, 0
                 metrics_log.write(step, values)
                 last.update(values)
                 postfix = {"loss": f"{values['loss']:.3f}"}
@@ -320,11 +346,10 @@ def run_training(
                     postfix["mfu"] = f"{100 * values['mfu']:.1f}%"
                 bar.set_postfix(postfix)
             if config.train.eval_every and (step % config.train.eval_every == 0 or step == total):
-                eval_batches = make_batches(config, "validation", jax.process_index(), jax.process_count())
-                result = evaluate(setup, state.params, frozen, eval_batches, config.train.eval_steps)
+                result = run_eval()
                 metrics_log.write(step, result)
                 last.update(result)
-                log.info("step %d: eval loss %.4f%s", step, result["eval_loss"], _others(result))
+                log.info("step %d: %s", step, _eval_line(result))
                 window_start = time.perf_counter()  # eval time is not training time
                 if hooks.should_stop is not None and step < total and hooks.should_stop(step, result):
                     save(step)
