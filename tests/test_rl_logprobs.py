@@ -165,3 +165,27 @@ def test_bad_chunk_and_segment_ids_are_user_errors():
     check_segments(np.array([[1, 1, 2, 0]]), 2)
     with pytest.raises(UserError, match="segment ids run from 0 to 3 but must lie in 0..max_segments=2"):
         check_segments(np.array([[1, 2, 3, 0]]), 2)
+
+
+@pytest.mark.parametrize("chunk", [0, 8])
+def test_temperature_scales_the_logits_chunked_or_not_with_matching_gradients(chunk):
+    """RL's training forward at the sampling temperature: log_softmax(logits / T), and the
+    chunked path (which scales the head) has the unchunked path's gradients."""
+    from llm.rl.logprobs import token_logprobs
+
+    a, b, c, d = sequences()
+    batch = pack([[a, b], [c, d]])
+    graphdef, params = build(chunk)
+    temp = 0.7
+
+    def lp(p, chunked_graphdef):
+        model = nnx.merge(chunked_graphdef, p)
+        hidden = model.hidden_states(batch["inputs"], batch["positions"], batch["segment_ids"])
+        return token_logprobs(model, hidden, batch["targets"], temperature=temp)
+
+    logits = nnx.merge(graphdef, params)(batch["inputs"], batch["positions"], batch["segment_ids"])
+    want = jnp.take_along_axis(jax.nn.log_softmax(logits / temp, axis=-1), batch["targets"][..., None], axis=-1)[..., 0]
+    assert_close_at_scale(jax.jit(lambda p: lp(p, graphdef))(params), want)
+    unchunked, _ = build(0)
+    loss = lambda g: jax.grad(lambda p: jnp.sum(lp(p, g) * batch["loss_mask"]))(params)  # noqa: E731
+    assert_trees_close_at_scale(jax.jit(lambda p: loss(graphdef))(params), jax.jit(lambda p: loss(unchunked))(params))

@@ -99,17 +99,25 @@ def chunked_target_logprobs(
     return logprobs(hidden, w, targets)
 
 
-def token_logprobs(model: Decoder, hidden: jax.Array, targets: jax.Array) -> jax.Array:
+def token_logprobs(model: Decoder, hidden: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
     """Each target's log-prob under the decoder `model`, (batch, length) f32, from its final
     hidden states: chunked by `model.spec.loss_chunk`, or from the full logits when it is 0 (or
     covers the whole length), as the training loss does. A chunk that does not divide the
-    length is an error here (the training loss quietly falls back to the full logits)."""
+    length is an error here (the training loss quietly falls back to the full logits).
+
+    temperature: log-probs of logits / temperature, the distribution RL rollouts sample from
+    (TRL's GRPO divides the logits the same way); the chunked path scales the head instead,
+    which is the same product."""
     spec, chunk = model.spec, model.spec.loss_chunk
     if chunk and chunk < hidden.shape[1]:
         w = model.embed[...].T if model.head is None else model.head[...]
+        if temperature != 1.0:
+            w = w.astype(jnp.float32) / temperature
         constrain = lambda x: model.rules.constrain(x, ("batch", "length", "act_vocab"))  # noqa: E731
         return chunked_target_logprobs(hidden, w, targets, vocab_size=spec.vocab_size, chunk=chunk, constrain=constrain)
     logits = model.logits(hidden)
+    if temperature != 1.0:
+        logits = logits.astype(jnp.float32) / temperature
     return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None], axis=-1)[..., 0]
 
 
