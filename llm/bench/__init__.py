@@ -13,6 +13,7 @@ building the `llm` parser stays cheap.
   llm bench finetune --config C [--methods ...]          full vs LoRA vs QLoRA vs frozen
   llm bench convert [--preset P]  (= llm convert bench)  HF import/export time and peak RSS
   llm bench dpo --config C [--model M] [--vs-trl]        DPO tokens/s and peak RSS vs trl.DPOTrainer
+  llm bench grpo --config C [--model M] [--vs-trl]       GRPO steps/s and step breakdown vs trl.GRPOTrainer
 
 Every target takes `--json FILE` (the returned figures, written by the CLI).
 """
@@ -105,6 +106,15 @@ TARGETS: dict[str, Target] = {
                 _option("--model", "take the model shape from this config instead (e.g. configs/small.py)", default=None),
                 _option("--data", "preference JSONL or a manifest.json (default: built-in pairs of a few stdlib packages)", default=None),
                 _option("--out", "the shared HF model, pairs, our workdir and bench.md", default="runs/bench_dpo"),
+                JSON)),
+        Target("grpo", "GRPO steps (llm grpo) vs trl.GRPOTrainer on the same model, prompts, G, new tokens and LoRA rank",
+               "llm.bench.grpo",
+               (CONFIG, _option("--steps", "steps per side (the first --warmup are not timed)", type=int, default=6),
+                _option("--warmup", "steps left out of the figures on both sides (compilation, warm-up)", type=int, default=1),
+                _option("--vs-trl", "also run trl.GRPOTrainer (PyTorch CPU; f32, and bf16 autocast where the CPU has AMX / AVX-512 BF16)",
+                        action="store_true"),
+                _option("--model", "take the model shape from this config instead (e.g. configs/small.py)", default=None),
+                _option("--out", "the shared HF model, our workdir, bench.md and bench.json", default="runs/bench_grpo"),
                 JSON)),
     )
 }

@@ -178,17 +178,17 @@ def our_side(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     return out
 
 
-def run_ours(config: ml_collections.ConfigDict, workdir: Path, timeout: float = 3600) -> dict:
-    """our_side in a fresh process (its own peak RSS)."""
+def run_ours(config: ml_collections.ConfigDict, workdir: Path, timeout: float = 3600, module: str = "llm.bench.dpo") -> dict:
+    """`module`'s our_side (its main) in a fresh process (its own peak RSS)."""
     from llm.checkpoint.params_io import config_to_json
 
     with tempfile.TemporaryDirectory() as tmp:
         spec, result = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({"config": config_to_json(config), "workdir": str(workdir), "out": str(result)}))
-        proc = subprocess.run([sys.executable, "-m", "llm.bench.dpo", str(spec)], capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-m", module, str(spec)], capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not result.is_file():
             tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-            raise UserError(f"our DPO side failed (exit {proc.returncode}):\n{tail}")
+            raise UserError(f"our side ({module}) failed (exit {proc.returncode}):\n{tail}")
         return json.loads(result.read_text())
 
 

@@ -34,7 +34,7 @@ LORA_MODULES = {
 OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
 
 
-def _offline() -> None:
+def offline() -> None:
     for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ[key] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -59,8 +59,8 @@ def _check_pairs(pairs: Sequence[dict], batch_size: int) -> None:
         raise UserError(f"batch_size={batch_size} must be >= 1")
 
 
-def _training_args(config_cls, output_dir: str, *, steps: int, lr: float, optimizer: str, batch_size: int, bf16: bool,
-                   adam_b1: float, adam_b2: float, adam_eps: float, seed: int, extra: dict) -> Any:
+def training_args(config_cls, output_dir: str, *, steps: int, lr: float, optimizer: str, batch_size: int, bf16: bool,
+                  adam_b1: float, adam_b2: float, adam_eps: float, seed: int, extra: dict) -> Any:
     """The deterministic settings both trainers share (see the module docstring)."""
     import torch
 
@@ -76,7 +76,7 @@ def _training_args(config_cls, output_dir: str, *, steps: int, lr: float, optimi
     )
 
 
-def _timing_callback():
+def timing_callback():
     """A TrainerCallback recording every training log and when each optimizer step ended."""
     import transformers
 
@@ -152,7 +152,7 @@ def trl_dpo_steps(model_dir: str | Path, tokenizer_dir: str | Path | None, pairs
     EOS), batches of `batch_size` pairs in order. Full fine-tuning keeps TRL's default separate
     reference model; `lora_rank` > 0 trains PEFT LoRA adapters (B = 0 at start) and takes the
     reference with the adapters off, as ours does. Returns the per-step metrics and the figures."""
-    _offline()
+    offline()
     _check_pairs(pairs, batch_size)
     import datasets
     import torch
@@ -170,12 +170,12 @@ def trl_dpo_steps(model_dir: str | Path, tokenizer_dir: str | Path | None, pairs
         peft_config = peft.LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0, bias="none",
                                       target_modules=LORA_MODULES[lora_targets], task_type="CAUSAL_LM")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir or model_dir))
-    recorder = _timing_callback()
+    recorder = timing_callback()
     with tempfile.TemporaryDirectory() as out:
-        args = _training_args(trl.DPOConfig, out, steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size, bf16=bf16,
-                              adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps, seed=seed,
-                              extra=dict(loss_type=[loss_type], beta=beta, label_smoothing=label_smoothing,
-                                         max_length=max_length, precompute_ref_log_probs=False, padding_free=False))
+        args = training_args(trl.DPOConfig, out, steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size, bf16=bf16,
+                             adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps, seed=seed,
+                             extra=dict(loss_type=[loss_type], beta=beta, label_smoothing=label_smoothing,
+                                        max_length=max_length, precompute_ref_log_probs=False, padding_free=False))
         trainer = trl.DPOTrainer(model=str(model_dir), args=args, train_dataset=datasets.Dataset.from_list(list(pairs)),
                                  processing_class=tokenizer, peft_config=peft_config, callbacks=[recorder])
         trainer.remove_callback(transformers.PrinterCallback)  # the figures come back in the result, not on stdout
@@ -195,7 +195,7 @@ def trl_reward_steps(model_dir: str | Path, tokenizer_dir: str | Path | None, pa
     (num_labels=1) saved in `model_dir`: TRL scores prompt + chosen and prompt + rejected (EOS
     appended), loss -logsigmoid(r_c - r_r) (+ centering). Returns TRL's per-step `loss`,
     `accuracy`, `margin`, ... and the figures."""
-    _offline()
+    offline()
     _check_pairs(pairs, batch_size)
     import datasets
     import torch
@@ -205,11 +205,11 @@ def trl_reward_steps(model_dir: str | Path, tokenizer_dir: str | Path | None, pa
     if threads:
         torch.set_num_threads(threads)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir or model_dir))
-    recorder = _timing_callback()
+    recorder = timing_callback()
     with tempfile.TemporaryDirectory() as out:
-        args = _training_args(trl.RewardConfig, out, steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size, bf16=bf16,
-                              adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps, seed=seed,
-                              extra=dict(center_rewards_coefficient=center_rewards_coefficient, max_length=max_length))
+        args = training_args(trl.RewardConfig, out, steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size, bf16=bf16,
+                             adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps, seed=seed,
+                             extra=dict(center_rewards_coefficient=center_rewards_coefficient, max_length=max_length))
         trainer = trl.RewardTrainer(model=str(model_dir), args=args, train_dataset=datasets.Dataset.from_list(list(pairs)),
                                     processing_class=tokenizer, callbacks=[recorder])
         trainer.remove_callback(transformers.PrinterCallback)
@@ -221,14 +221,26 @@ def trl_reward_steps(model_dir: str | Path, tokenizer_dir: str | Path | None, pa
 
 
 RUNNERS = {"dpo": trl_dpo_steps, "reward": trl_reward_steps}
+ELSEWHERE = {"grpo": "llm.bench.trl_grpo_peer:trl_grpo_steps"}  # peers in their own module (they import this one)
+
+
+def runner(kind: str):
+    """The peer function of `kind` (RUNNERS, or ELSEWHERE's module:function)."""
+    if kind in ELSEWHERE:
+        import importlib
+
+        module, name = ELSEWHERE[kind].split(":")
+        return getattr(importlib.import_module(module), name)
+    if kind not in RUNNERS:
+        raise UserError(f"TRL peer kind {kind!r} is not one of {', '.join([*RUNNERS, *ELSEWHERE])}")
+    return RUNNERS[kind]
 
 
 def run_in_subprocess(kind: str, model_dir: str | Path, tokenizer_dir: str | Path | None, pairs: Sequence[dict],
                       timeout: float = 1800, **kwargs: Any) -> dict:
     """RUNNERS[kind] in a fresh Python process (its own peak RSS, no JAX loaded); the result as
     that function returns it. The child's stderr is shown if it fails."""
-    if kind not in RUNNERS:
-        raise UserError(f"TRL peer kind {kind!r} is not one of {', '.join(RUNNERS)}")
+    runner(kind)
     with tempfile.TemporaryDirectory() as tmp:
         spec, result = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({"kind": kind, "model_dir": str(model_dir), "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None,
@@ -244,7 +256,7 @@ def run_in_subprocess(kind: str, model_dir: str | Path, tokenizer_dir: str | Pat
 def main(argv: Sequence[str]) -> int:
     """`python -m llm.bench.trl_peer SPEC.json`: the child side of run_in_subprocess."""
     spec = json.loads(Path(argv[0]).read_text())
-    out = RUNNERS[spec["kind"]](spec["model_dir"], spec["tokenizer_dir"], spec["pairs"], **spec["kwargs"])
+    out = runner(spec["kind"])(spec["model_dir"], spec["tokenizer_dir"], spec["pairs"], **spec["kwargs"])
     Path(spec["out"]).write_text(json.dumps(out))
     return 0
 
