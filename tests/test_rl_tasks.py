@@ -109,3 +109,72 @@ def test_jsonl_missing_path(tmp_path):
         build_task(_jsonl_config(""))
     with pytest.raises(UserError, match="does not exist"):
         build_task(_jsonl_config(tmp_path / "nope.jsonl"))
+
+
+# -- docstring task: real standard library functions, doctests run in llm.sandbox ----------------
+
+def _stdlib_row(module: str, name: str, doctest: bool) -> dict:
+    from llm.rl.tasks.docstring import stdlib_functions
+
+    fn = next(f for f in stdlib_functions() if f.module == module and f.qualname == name)
+    return {"header": fn.header, "function": name, "module": module, "doctest": doctest, "body": fn.body}
+
+
+def _score(reward, row: dict, completions: list[str]) -> list:
+    columns = {k: [row[k]] * len(completions) for k in row}
+    return reward(["prompt"] * len(completions), completions, **columns)
+
+
+def test_docstring_reward_tiers_on_statistics_median():
+    import time
+
+    from llm.rl.tasks.docstring_reward import DocstringReward, DocstringSuccess
+
+    row = _stdlib_row("statistics", "median", True)
+    reward = DocstringReward(timeout_s=1.0, memory_mb=256, workers=4)
+    loop = "    while True:\n        pass\n"
+    completions = [
+        row["body"],  # the real body: both examples pass
+        "    return sorted(data)[len(data) // 2]\n",  # the odd example passes, the even one fails
+        "    return 0\n",  # defines it, no example passes
+        # forges the harness's line without its per-call nonce, then exits before the harness prints
+        "    return 0\nimport os, sys\nsys.__stdout__.write('verify 2 0\\n'); sys.__stdout__.flush(); os._exit(0)\n",
+        "    return (\n",  # does not parse
+        "return 3\n",  # parses, but the function has no body after its docstring
+    ] + [loop] * 4
+    start = time.monotonic()
+    scores = _score(reward, row, completions)
+    elapsed = time.monotonic() - start
+    assert scores[:6] == [1.0, pytest.approx(0.5 + 0.4 * 1 / 2), 0.5, 0.5, 0.0, 0.25]
+    assert scores[6:] == [0.25] * 4  # infinite loops are cut at the timeout and score low
+    assert elapsed < 3.5, f"4 one-second timeouts on 4 workers took {elapsed:.1f}s: not run in parallel"
+    success = DocstringSuccess(reward)
+    assert success(row["body"], row) and not success("    return 0\n", row)
+
+
+def test_docstring_reward_without_doctests_is_at_most_one_half():
+    from llm.rl.tasks.docstring_reward import DocstringReward, DocstringSuccess
+
+    row = _stdlib_row("textwrap", "wrap", False)
+    assert _score(DocstringReward(), row, [row["body"], "    return [text]\n", "  x = (\n"]) == [0.5, 0.5, 0.0]
+    assert DocstringSuccess(DocstringReward())("    return []\n", row)
+
+
+def test_docstring_task_is_seeded_with_doctest_rows_on_both_sides():
+    from llm.data.builtin import PROMPT
+
+    config = _config(task="docstring", task_size=200, held_out=50)
+    task = build_task(config)
+    assert len(task.train) == 150 and len(task.held_out) == 50
+    keys = [(r.columns["module"], r.columns["function"]) for r in task.train + task.held_out]
+    assert len(set(keys)) == 200 and all("." not in f for _, f in keys)  # distinct top-level functions
+    train_tested = [r for r in task.train if r.columns["doctest"]]
+    held_tested = [r for r in task.held_out if r.columns["doctest"]]
+    assert len(train_tested) > 20 and len(held_tested) > 5  # every verified doctest function, split by share
+    row = held_tested[0]
+    assert row.prompt == PROMPT.format(module=row.columns["module"], header=row.columns["header"])
+    assert ">>>" in row.columns["header"] and task.success(row.columns["body"], row.columns)
+    assert task.sft_records(1) == [{"prompt": task.train[0].prompt, "response": task.train[0].columns["body"]}]
+    assert build_task(config) == task
+    config.data.seed = 3
+    assert build_task(config).train != task.train
