@@ -95,6 +95,8 @@ def test_total_is_nan_where_no_reward_scored_the_row():
         scores = runner.score(["p"] * 3, ["x"] * 3, {})
     assert np.isnan(scores.total[0]) and scores.total[1] == 3.0 and np.isnan(scores.total[2])
     assert scores.total.dtype == np.float32 and not scores.failures
+    with pytest.raises(UserError, match="column 'completions'.*rename that field"):
+        RewardRunner(specs).score(["p"], ["x"], {"completions": ["y"]})
 
 
 def test_failure_rate_over_the_run_stops_with_the_fix():

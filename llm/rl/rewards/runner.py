@@ -91,6 +91,9 @@ class RewardRunner:
         if len(prompts) != rows:
             raise ValueError(f"{len(prompts)} prompts for {rows} completions")
         for key, values in columns.items():
+            if key in ("prompts", "completions"):
+                raise UserError(f"the prompt rows have a column {key!r}, which is also the name of a reward function's "
+                                "argument; rename that field of the rows")
             if len(values) != rows:
                 raise ValueError(f"column {key!r} has {len(values)} entries for {rows} completions")
         futures = {s.name: self._pool.submit(s.fn, prompts=list(prompts), completions=list(completions),
