@@ -1,4 +1,5 @@
-"""`llm data builtin|curate`: build the built-in corpus; curate a corpus into clean shards."""
+"""`llm data builtin|curate|rl-task`: build the built-in corpus; curate a corpus into clean
+shards; write an RL task's SFT warm-start records."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ def add_parser(subparsers) -> None:
     c.add_argument("--config", required=True, help="a configs/*.py file; data.* names the input, data.curate.* the thresholds")
     c.add_argument("--out", required=True, help="output directory (shards, manifest.json, report.json)")
     c.set_defaults(func=run_curate)
+
+    r = sub.add_parser("rl-task", help="write an RL task's SFT warm-start records (DIR/sft.jsonl) and its held-out prompts (DIR/heldout.jsonl)")
+    r.add_argument("--config", required=True, help="a configs/grpo_*.py file; rl.task and its sizes pick the prompts")
+    r.add_argument("--out", required=True, help="output directory")
+    r.add_argument("--sft-records", type=int, default=0, help="train rows written to sft.jsonl (0 = all)")
+    r.set_defaults(func=run_rl_task)
 
 
 def run_builtin(args: argparse.Namespace) -> int:
@@ -50,4 +57,26 @@ def run_curate(args: argparse.Namespace) -> int:
         "manifest": f"{args.out}/manifest.json",
     }
     print(json.dumps(summary))
+    return 0
+
+
+def run_rl_task(args: argparse.Namespace) -> int:
+    """The SFT warm start for `llm grpo`: the task's train prompts with reference responses, so
+    a policy first learns the answer format, then RL raises its success rate."""
+    from pathlib import Path
+
+    from llm.config.loading import load_config
+    from llm.rl.tasks import build_task
+
+    config = load_config(args.config, args.config_overrides)
+    task = build_task(config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = task.sft_records(args.sft_records or None)
+    with open(out / "sft.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    with open(out / "heldout.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"prompt": row.prompt, **row.columns}) + "\n" for row in task.held_out)
+    print(json.dumps({"task": task.name, "sft": str(out / "sft.jsonl"), "sft_records": len(records),
+                      "heldout": str(out / "heldout.jsonl"), "heldout_prompts": len(task.held_out)}))
     return 0

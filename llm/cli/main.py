@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "classify",
     "rm",
     "dpo",
+    "grpo",
     "compare",
     "export",
     "generate",

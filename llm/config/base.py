@@ -257,6 +257,7 @@ def base_config() -> ml_collections.ConfigDict:
     r.importance_sampling = "token"  # token | sequence (GSPO); TRL importance_sampling_level
     r.beta = 0.0  # KL penalty weight (TRL 0.0; Tunix 0.04); > 0 needs a reference policy
     r.kl_estimator = "k3"  # k1 | k2 | k3 (TRL: k3; Tunix: k3)
+    r.use_bias_correction_kl = True  # the KL term times the importance ratio (TRL 1.16 default; Tunix: no)
     r.loss_agg = "dapo"  # grpo | bnpo | dr_grpo | dapo (TRL loss_type default "dapo")
     r.log_ratio_clip = 20.0  # numerical guard: log pi/pi_old is clamped to +-this before exp
     r.missing_eos_penalty = 0.0  # subtracted from the reward of a completion that hit max_new_tokens (0 = off)

@@ -48,6 +48,8 @@ class Task:
     head_key: str | None = None  # top-level key of the head in the trainable tree
     head_file: str = "classification_head.safetensors"  # the head's file in merged/
     on_start: Callable | None = None  # the loop's on_start hook (setup, state, frozen)
+    next_batch: Callable | None = None  # the loop's next_batch hook (on-policy RL: rollouts)
+    evaluate: Callable | None = None  # the loop's evaluate hook (RL: held-out rewards instead of a loss)
 
 
 def full_tree(trainable: Any, frozen: Any, extra: dict) -> dict:
@@ -129,5 +131,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str | Path, task: T
         on_finish=on_finish,
         eval_at_start=True,
         on_start=task.on_start,
+        next_batch=task.next_batch,
+        evaluate=task.evaluate,
     )
     return run_training(config, workdir, overwrite=overwrite, hooks=hooks)

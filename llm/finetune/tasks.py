@@ -23,7 +23,7 @@ def is_partitioned(config: ml_collections.ConfigDict) -> bool:
     frozen parameters (peft.freeze), or a classification head and loss. (Full SFT trains every
     parameter with the same next-token loss as `llm train`.)"""
     p = config.peft
-    return p.lora_rank > 0 or bool(p.freeze) or config.finetune.task in ("classification", "reward", "dpo")
+    return p.lora_rank > 0 or bool(p.freeze) or config.finetune.task in ("classification", "reward", "dpo", "grpo")
 
 
 def classification_labels(config: ml_collections.ConfigDict) -> int:
@@ -52,6 +52,10 @@ def task_for_config(config: ml_collections.ConfigDict) -> Task:
         from llm.finetune.preference import dpo_loss_builder
 
         return Task(name="dpo", loss_fn=dpo_loss_builder(config))
+    if config.finetune.task == "grpo":
+        from llm.finetune.grpo import grpo_loss_builder
+
+        return Task(name="grpo", loss_fn=grpo_loss_builder(config))
     return lm_task(config.train.z_loss)
 
 
@@ -61,6 +65,10 @@ def extra_batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
         from llm.finetune.preference import resolve_reference
 
         return ("ref_logps",) if resolve_reference(config) == "precompute" else ()
+    if config.finetune.task == "grpo":
+        from llm.finetune.rollouts import rollout_keys
+
+        return rollout_keys(config)
     if config.finetune.task == "reward" and config.rm.margin_field:
         return ("margin",)
     return ()
