@@ -26,18 +26,23 @@ def test_trl_summary_leaves_out_warmup_and_rates_are_tokens_over_time():
     assert summarize(rows, warmup=3) == {}
 
 
-def test_our_summary_adds_the_stages_into_the_step():
-    rows = [{"step": 1, "rollout_time": 30.0, "reference_time": 0.0, "reward_time": 0.1, "step_time": 20.0, "rollout_tokens": 64,
-             "train_tokens_per_s": 10.0},
-            {"step": 2, "rollout_time": 0.4, "reference_time": 0.1, "reward_time": 0.1, "step_time": 0.4, "rollout_tokens": 200,
-             "train_tokens_per_s": 1000.0},
-            {"step": 3, "rollout_time": 0.6, "reference_time": 0.1, "reward_time": 0.1, "step_time": 1.2, "rollout_tokens": 300,
-             "train_tokens_per_s": 500.0}]
-    s = summarize_ours(rows, warmup=1)
+def test_our_summary_times_the_loop_steps_and_pairs_train_time_with_the_step_before():
+    """Row k's train_time is step k-1's train step; a step trains on its rollout's prompt tokens
+    (all G rows) and completions."""
+    rows = [{"step": 1, "rollout_time": 30.0, "reference_time": 0.0, "reward_time": 0.1, "rollout_tokens": 64},
+            {"step": 2, "step_time": 2.0, "rollout_time": 0.4, "reference_time": 0.1, "reward_time": 0.1, "rollout_tokens": 200,
+             "train_time": 20.0},
+            {"step": 3, "step_time": 1.0, "rollout_time": 0.6, "reference_time": 0.1, "reward_time": 0.1, "rollout_tokens": 300,
+             "train_time": 0.5}]
+    s = summarize_ours(rows, warmup=1, prompt_tokens=[10, 20, 30])
     assert s["timed_steps"] == 2 and s["step_time"] == pytest.approx(1.5) and s["steps_per_s"] == pytest.approx(2 / 3.0)
-    assert s["rollout_tokens_per_s"] == pytest.approx(500 / 1.0)
-    assert s["train_time"] == pytest.approx(0.8)
-    assert s["train_tokens_per_s"] == pytest.approx((400 + 600) / 1.6)
+    assert s["rollout_tokens_per_s"] == pytest.approx(500 / 1.0) and s["reference_time"] == pytest.approx(0.1)
+    assert s["train_time"] == pytest.approx(0.5)  # step 2's, from row 3 (row 2 holds step 1's compile)
+    assert s["train_tokens_per_s"] == pytest.approx((20 + 200) / 0.5)
+    # two optimizer steps per rollout (steps_per_generation=2): each trains on half its prompts
+    s = summarize_ours(rows, warmup=1, prompt_tokens=[40, 80], steps_per_generation=2)
+    assert s["train_tokens_per_s"] == pytest.approx((20 + 200) / 0.5)
+    assert summarize_ours(rows, warmup=2, prompt_tokens=[10, 20, 30])["train_time"] is None  # no later row holds step 3's
 
 
 def side(steps_per_s, dtype="float32", **kw):
@@ -55,7 +60,7 @@ def test_compare_takes_trl_fastest_mode_and_checks_both_targets():
     assert out["rollout_vs_generate"] == pytest.approx(0.85) and out["rollout_vs_generate_met"] is True
     out = compare(ours, [side(1.5)], {"batch": 32, "tokens_per_s": 1100.0})
     assert out["speedup_met"] is True and out["rollout_vs_generate_met"] is False  # 0.77 < 0.8
-    lines = verdict({**out, "generate": {"batch": 32, "tokens_per_s": 1100.0}})
+    lines = verdict({**out, "generate": {"batch": 32, "tokens_per_s": 1100.0, "e2e_tokens_per_s": 900.0}})
     assert "2.00x (target >= 2x: met)" in lines[0] and "batch 32" in lines[1] and "not met" in lines[1]
     assert compare(ours, [], None) == {}
 
@@ -121,3 +126,42 @@ def test_trl_peer_reference_pass_is_timed_when_beta_is_set(tiny_hf):
     out = trl_grpo_steps(model_dir, None, prompts, rewards=[["llm.rl.tasks.addition:addition_reward", 1.0]], steps=2, warmup=1,
                          num_generations=2, prompts_per_step=2, max_completion_length=4, beta=0.04, lora_rank=4, threads=1)
     assert all(row["reference_time"] > 0 for row in out["breakdown"]) and "kl" in out["steps"][0]
+
+
+def test_trl_peer_splits_a_rollout_over_steps_per_generation(tiny_hf):
+    """One rollout feeds two optimizer steps: generated once (step 1), each step trains on its half."""
+    pytest.importorskip("trl")
+    from llm.bench.trl_grpo_peer import trl_grpo_steps
+
+    model_dir, tokenizer, prompts = tiny_hf
+    out = trl_grpo_steps(model_dir, None, prompts, rewards=[["llm.rl.tasks.addition:addition_reward", 1.0]], steps=2, warmup=1,
+                         num_generations=2, prompts_per_step=2, steps_per_generation=2, max_completion_length=4, lora_rank=4, threads=1)
+    first, second = out["breakdown"]
+    assert first["rollout_tokens"] > 0 and second["rollout_tokens"] == 0 == second["rollout_time"]
+    prompt_tokens = 2 * sum(len(tokenizer(p["prompt"])["input_ids"]) for p in prompts[:2])
+    assert first["train_tokens"] + second["train_tokens"] == prompt_tokens + first["rollout_tokens"]
+    assert 0 < first["train_tokens"] and 0 < second["train_tokens"]
+
+
+@pytest.mark.slow
+def test_bench_grpo_vs_trl_tiny(tmp_path, monkeypatch):
+    """Both sides run: the same prompts in the same order (TRL's prompt tokens per step are ours),
+    the same group size and budget, every figure reported, bench.md / bench.json written."""
+    pytest.importorskip("trl")
+    pytest.importorskip("peft")
+    from llm.bench.grpo import run_grpo_bench
+    from llm.config.loading import load_config
+
+    monkeypatch.setenv("XLA_FLAGS", "")  # our side's process: one CPU device, as a user runs it
+    config = load_config("configs/grpo_tiny.py", ["rl.prompts_per_step=2", "rl.num_generations=4", "rl.max_new_tokens=8"])
+    out = run_grpo_bench(config, steps=3, vs_trl=True, out=tmp_path / "bench", warmup=1)
+    ours, trl = out["ours"], out["trl"]
+    assert [r["step"] for r in ours["steps"]] == [1, 2, 3] and len(trl["breakdown"]) == 3
+    assert [row["train_tokens"] - row["rollout_tokens"] for row in trl["breakdown"]] == ours["prompt_tokens"]
+    for side in [ours, trl] + ([out["trl_bf16"]] if "trl_bf16" in out else []):
+        assert side["timed_steps"] == 2 and side["steps_per_s"] > 0 and side["rollout_tokens_per_s"] > 0
+        assert 0 < side["rollout_tokens"] <= 8 * 8 and side["train_tokens_per_s"] > 0 and side["peak_rss_bytes"] > 0
+    assert out["speedup_vs_trl"] > 0 and out["generate"]["batch"] == 8 and out["rollout_vs_generate"] > 0
+    assert out["config"]["rewards"] == [["llm.rl.tasks.addition:addition_reward", 1.0]]
+    assert (tmp_path / "bench" / "bench.md").read_text().startswith(out["table"])
+    assert (tmp_path / "bench" / "bench.json").is_file()

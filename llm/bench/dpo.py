@@ -187,8 +187,9 @@ def run_ours(config: ml_collections.ConfigDict, workdir: Path, timeout: float = 
         spec.write_text(json.dumps({"config": config_to_json(config), "workdir": str(workdir), "out": str(result)}))
         proc = subprocess.run([sys.executable, "-m", module, str(spec)], capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not result.is_file():
-            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-            raise UserError(f"our side ({module}) failed (exit {proc.returncode}):\n{tail}")
+            lines = proc.stderr.strip().splitlines()
+            last = lines[-1] if lines else "no error output"  # the CLI prints a UserError's first line only
+            raise UserError(f"our side ({module}) failed (exit {proc.returncode}): {last}\n" + "\n".join(lines[-15:]))
         return json.loads(result.read_text())
 
 

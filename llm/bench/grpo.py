@@ -48,30 +48,48 @@ COMPARED = ("steps_per_s", "step_time", "rollout_time", "rollout_tokens", "rollo
 # Our side (in a child process)
 
 
-def summarize_ours(rows: Sequence[dict], warmup: int) -> dict:
-    """Our metrics.jsonl rows (one per step: log_every=1) as the TRL peer's summary keys, over the
-    steps after the first `warmup`. A step's wall time is its stages together: rollout, reference
-    pass, rewards and the train step."""
-    timed = [r for r in rows if r["step"] > warmup]
+def prompt_order(n_rows: int, seed: int, prompts_per_step: int, rollouts: int) -> list[list[int]]:
+    """The task rows of each of our rollouts, in our order (llm.rl.prompts.PromptStream from
+    data.seed: a pure function of it)."""
+    from llm.rl.prompts import PromptStream
+
+    stream = PromptStream(n_rows, seed)
+    return [stream.take(prompts_per_step) for _ in range(rollouts)]
+
+
+def summarize_ours(rows: Sequence[dict], warmup: int, prompt_tokens: Sequence[int], steps_per_generation: int = 1,
+                   num_iterations: int = 1) -> dict:
+    """Our metrics.jsonl rows (log_every=1) as the TRL peer's summary keys, over the steps after
+    the first `warmup`. A step's time is the loop's wall time for it (rollout included); a row's
+    train_time is the previous step's train step (measured when the next rollout starts), so the
+    train figures come from the rows after the first timed one. A step trains on its share of
+    the rollout's prompts (prompt_tokens[rollout]: the prompt tokens of all its rows) and, every
+    pass, on the completions (rollout_tokens is already per optimizer step)."""
+    passes = steps_per_generation * num_iterations
+    trained = {int(r["step"]): prompt_tokens[(int(r["step"]) - 1) // passes] / steps_per_generation
+               + num_iterations * float(r["rollout_tokens"]) for r in rows}
+    timed = [r for r in rows if int(r["step"]) > warmup and r.get("step_time")]
     if not timed:
         return {}
-    total = lambda key: sum(float(r.get(key) or 0.0) for r in timed)
+    total = lambda key, rs=timed: sum(float(r.get(key) or 0.0) for r in rs)
     n = len(timed)
-    wall = total("rollout_time") + total("reference_time") + total("reward_time") + total("step_time")
-    return {
+    out = {
         "timed_steps": n,
-        "step_time": wall / n,
-        "steps_per_s": n / wall,
+        "step_time": total("step_time") / n,
+        "steps_per_s": n / total("step_time"),
         "rollout_time": total("rollout_time") / n,
         "reference_time": total("reference_time") / n,
         "reward_time": total("reward_time") / n,
-        "train_time": total("step_time") / n,
         "rollout_tokens": total("rollout_tokens") / n,
         "rollout_tokens_per_s": total("rollout_tokens") / total("rollout_time") if total("rollout_time") else None,
-        # each row's rate over its own train time, weighted by that time: the tokens over the time
-        "train_tokens_per_s": sum(float(r["train_tokens_per_s"]) * float(r["step_time"]) for r in timed) / total("step_time")
-        if total("step_time") else None,
+        "train_time": None,
+        "train_tokens_per_s": None,
     }
+    train = [r for r in timed if int(r["step"]) > warmup + 1 and r.get("train_time")]
+    if train:
+        out["train_time"] = total("train_time", train) / len(train)
+        out["train_tokens_per_s"] = sum(trained[int(r["step"]) - 1] for r in train) / total("train_time", train)
+    return out
 
 
 def our_side(config: ml_collections.ConfigDict, workdir: Path) -> dict:
@@ -82,8 +100,12 @@ def our_side(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     run_grpo(config, workdir, overwrite=True)
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "rollout_time" in r]
+    import jax.numpy as jnp
+
+    from llm.model.spec import model_spec
+
     return {"steps": rows, "first_step_loss": rows[0].get("loss") if rows else None, "peak_rss_bytes": peak_rss_bytes(),
-            "dtype": "float32"}
+            "dtype": jnp.dtype(model_spec(config).compute_dtype).name}
 
 
 def main(argv: Sequence[str]) -> int:
@@ -102,11 +124,12 @@ def main(argv: Sequence[str]) -> int:
 
 def bench_grpo_config(config: ml_collections.ConfigDict, model: ml_collections.ConfigDict | None, steps: int) -> ml_collections.ConfigDict:
     """The GRPO config as a short bench run (llm.bench.dpo.bench_config: --model's shape, every
-    step logged, no eval or exports, plain-text prompts), with no sample files."""
+    step logged, no eval or exports, plain-text prompts), with no sample files and a short final
+    held-out pass."""
     from llm.config.loading import apply_overrides
 
     config = bench_config(config, model, steps)
-    return apply_overrides(config, ["rl.sample_every=0"])
+    return apply_overrides(config, ["rl.sample_every=0", "rl.eval_prompts=8"])
 
 
 def reward_names(config: ml_collections.ConfigDict, task) -> list[list]:
@@ -183,8 +206,9 @@ def verdict(result: dict) -> list[str]:
     if "rollout_vs_generate" in result:
         met = "met" if result["rollout_vs_generate_met"] else "not met"
         g = result["generate"]
-        lines.append(f"rollout tokens/s vs llm bench generate at batch {g['batch']} ({g['tokens_per_s']:.0f} decode tokens/s): "
-                     f"{result['rollout_vs_generate']:.2f}x (target within {ROLLOUT_TOLERANCE:.0%}: {met})")
+        lines.append(f"rollout tokens/s vs llm bench generate at batch {g['batch']} ({g['tokens_per_s']:.0f} decode tokens/s, "
+                     f"{g['e2e_tokens_per_s']:.0f} with the prefill): {result['rollout_vs_generate']:.2f}x "
+                     f"(target within {ROLLOUT_TOLERANCE:.0%}: {met})")
     return lines
 
 
@@ -224,9 +248,14 @@ def run_grpo_bench(config: ml_collections.ConfigDict, *, steps: int, vs_trl: boo
     from llm.finetune.start import apply_init_from
 
     config = apply_init_from(config, str(hf_dir))
+    rl = config.rl
+    per_rollout = int(rl.steps_per_generation) * int(rl.num_iterations)
+    order = prompt_order(len(task.train), int(config.data.seed), int(rl.prompts_per_step), -(-steps // per_rollout))
+    lengths = [len(tokenizer(row.prompt)["input_ids"]) for row in task.train]
+    prompt_tokens = [int(rl.num_generations) * sum(lengths[i] for i in idx) for idx in order]
     ours = run_ours(config, out / "llm", module="llm.bench.grpo")
-    ours.update(side="llm", **summarize_ours(ours["steps"], warmup))
-    batch = int(config.rl.prompts_per_step) * int(config.rl.num_generations)
+    ours.update(side="llm", prompt_tokens=prompt_tokens, **summarize_ours(ours["steps"], warmup, prompt_tokens, int(rl.steps_per_generation), int(rl.num_iterations)))
+    batch = int(rl.prompts_per_step) * int(rl.num_generations)
     result: dict[str, Any] = {
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "bf16_flags": cpu_bf16()},
         "config": {"d_model": config.model.d_model, "n_layers": config.model.n_layers, "vocab_size": config.model.vocab_size,
@@ -240,7 +269,7 @@ def run_grpo_bench(config: ml_collections.ConfigDict, *, steps: int, vs_trl: boo
     if vs_trl:
         from llm.bench.trl_peer import run_in_subprocess
 
-        prompts = [{"prompt": row.prompt, **row.columns} for row in task.train[: steps * int(config.rl.prompts_per_step)]]
+        prompts = [{"prompt": task.train[i].prompt, **task.train[i].columns} for idx in order for i in idx]  # our order
         for bf16 in ([False, True] if cpu_bf16() else [False]):
             peer = run_in_subprocess("grpo", hf_dir, None, prompts, rewards=rewards, bf16=bf16, **trl_kwargs(config, steps, warmup))
             peer.update(side=f"trl {peer['versions']['trl']}")
@@ -248,8 +277,8 @@ def run_grpo_bench(config: ml_collections.ConfigDict, *, steps: int, vs_trl: boo
             result["trl_bf16" if bf16 else "trl"] = peer
         rows += peers
     if generate:
-        lengths = [len(tokenizer(r.prompt)["input_ids"]) for r in task.train[: steps * int(config.rl.prompts_per_step)]]
-        prompt_len = max(1, round(sum(lengths) / len(lengths)))
+        used = [lengths[i] for idx in order for i in idx]
+        prompt_len = max(1, round(sum(used) / len(used)))
         result["generate"] = generate_rate(config, batch, prompt_len, int(config.rl.max_new_tokens))
     result.update(compare(ours, peers, result.get("generate")))
     text = table(rows)

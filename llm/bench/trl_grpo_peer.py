@@ -9,7 +9,7 @@ own methods are wrapped here instead: `_generate_single_turn` (the rollout: tran
 batch is being scored (old / reference log-prob forwards; none when beta = 0 and each batch is
 trained once, as in TRL) and `_generate_and_score_completions` (all of that). Whatever else the
 step took (forward + backward on prompt + completion, the optimizer) is the train time; its real
-tokens are the batch's prompt and completion tokens (padding excluded).
+tokens are the prompt and completion tokens `_compute_loss` got (padding excluded).
 
 The settings are llm.bench.trl_peer's deterministic ones (constant learning rate, no warmup, no
 weight decay, no clipping, no dropout); prompts are taken in the given order (shuffle_dataset=
@@ -73,6 +73,7 @@ class StepClock:
         self._wrap(trainer, "_generate_single_turn", self._rollout)
         self._wrap(trainer, "_calculate_rewards", lambda f, *a, **k: self._timed("reward_time", f, *a, **k))
         self._wrap(trainer, "_get_per_token_logps_and_entropies", self._logps)
+        self._wrap(trainer, "_compute_loss", self._loss)
 
     @staticmethod
     def _wrap(trainer, name: str, around: Callable) -> None:
@@ -91,8 +92,11 @@ class StepClock:
             out = self._timed("score_time", fn, *args, **kwargs)
         finally:
             self._scoring = False
-        self._current["train_tokens"] += float(out["prompt_mask"].sum() + out["completion_mask"].sum())
         return out
+
+    def _loss(self, fn: Callable, model, inputs, *args, **kwargs):
+        self._current["train_tokens"] += float(inputs["prompt_mask"].sum() + inputs["completion_mask"].sum())
+        return fn(model, inputs, *args, **kwargs)
 
     def _rollout(self, fn: Callable, *args, **kwargs):
         completion_ids, logprobs = self._timed("rollout_time", fn, *args, **kwargs)
