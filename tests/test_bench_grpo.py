@@ -81,6 +81,32 @@ def test_rewards_go_to_the_peer_by_an_importable_name():
         importable(lambda prompts, completions, **kw: [0.0] * len(prompts))
 
 
+def test_llm_bench_grpo_options_reach_the_target(monkeypatch, tmp_path):
+    import llm.bench.grpo as bench
+    from llm.cli.main import main
+
+    seen = []
+    monkeypatch.setattr(bench, "run", lambda args: seen.append(args) or {"ok": 1})
+    assert main(["bench", "grpo", "--config", "configs/grpo_tiny.py", "--model", "configs/small.py", "--vs-trl", "--steps", "5",
+                 "--warmup", "2", "--json", str(tmp_path / "b.json"), "--config.rl.num_generations=4"]) == 0
+    (args,) = seen
+    assert (args.model, args.vs_trl, args.steps, args.warmup, args.out) == ("configs/small.py", True, 5, 2, "runs/bench_grpo")
+    assert args.config_overrides == ["rl.num_generations=4"] and (tmp_path / "b.json").read_text().strip() == '{\n  "ok": 1\n}'
+
+
+def test_bench_refuses_what_it_cannot_time_or_give_trl():
+    from llm.bench.grpo import reward_names, run_grpo_bench
+    from llm.config.loading import load_config
+
+    config = load_config("configs/grpo_tiny.py", [])
+    with pytest.raises(UserError, match="--warmup 0"):
+        run_grpo_bench(config, steps=3, vs_trl=True, out="unused", warmup=0)
+    with pytest.raises(UserError, match="--steps 2"):
+        run_grpo_bench(config, steps=2, vs_trl=True, out="unused", warmup=2)
+    with pytest.raises(UserError, match="rl.reward_model"):
+        reward_names(load_config("configs/grpo_tiny.py", ["rl.reward_model=runs/rm"]), None)
+
+
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory):
     from llm.bench.dpo import bench_config, build_hf_model, train_tokenizer

@@ -40,8 +40,6 @@ from llm.errors import UserError
 
 TARGET_SPEEDUP = 2.0  # our steps/s over TRL's fastest mode
 ROLLOUT_TOLERANCE = 0.2  # our rollout tokens/s within this share of `llm bench generate`'s decode tokens/s
-COMPARED = ("steps_per_s", "step_time", "rollout_time", "rollout_tokens", "rollout_tokens_per_s", "reference_time",
-            "reward_time", "train_time", "train_tokens_per_s")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,16 +92,15 @@ def summarize_ours(rows: Sequence[dict], warmup: int, prompt_tokens: Sequence[in
 
 def our_side(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     """run_grpo, then its per-step rows and this process's peak RSS."""
+    import jax.numpy as jnp
+
     from llm.bench.trl_peer import peak_rss_bytes
     from llm.finetune.grpo import run_grpo
+    from llm.model.spec import model_spec
 
     run_grpo(config, workdir, overwrite=True)
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "rollout_time" in r]
-    import jax.numpy as jnp
-
-    from llm.model.spec import model_spec
-
     return {"steps": rows, "first_step_loss": rows[0].get("loss") if rows else None, "peak_rss_bytes": peak_rss_bytes(),
             "dtype": jnp.dtype(model_spec(config).compute_dtype).name}
 
@@ -137,6 +134,9 @@ def reward_names(config: ml_collections.ConfigDict, task) -> list[list]:
     from llm.bench.trl_grpo_peer import importable
     from llm.rl.rewards.spec import parse_rewards
 
+    if config.rl.reward_model:
+        raise UserError(f"rl.reward_model={config.rl.reward_model!r}: the GRPO bench gives TRL module:function rewards only; "
+                        "unset rl.reward_model (--config.rl.reward_model=)")
     return [[importable(spec.fn), spec.weight] for spec in parse_rewards(tuple(config.rl.rewards), task)]
 
 
@@ -231,6 +231,8 @@ def run_grpo_bench(config: ml_collections.ConfigDict, *, steps: int, vs_trl: boo
                    model: ml_collections.ConfigDict | None = None, generate: bool = True) -> dict:
     """Measure our GRPO run (and TRL's, and `llm bench generate` at the rollout batch on the same
     shape); print and return the figures."""
+    if warmup < 1:
+        raise UserError(f"--warmup {warmup}: leave out at least the first step (it compiles on our side, warms up on TRL's)")
     if steps <= warmup:
         raise UserError(f"--steps {steps}: the GRPO bench needs more steps than --warmup {warmup} (those are not timed)")
     out = Path(out)
@@ -254,7 +256,10 @@ def run_grpo_bench(config: ml_collections.ConfigDict, *, steps: int, vs_trl: boo
     lengths = [len(tokenizer(row.prompt)["input_ids"]) for row in task.train]
     prompt_tokens = [int(rl.num_generations) * sum(lengths[i] for i in idx) for idx in order]
     ours = run_ours(config, out / "llm", module="llm.bench.grpo")
-    ours.update(side="llm", prompt_tokens=prompt_tokens, **summarize_ours(ours["steps"], warmup, prompt_tokens, int(rl.steps_per_generation), int(rl.num_iterations)))
+    figures = summarize_ours(ours["steps"], warmup, prompt_tokens, int(rl.steps_per_generation), int(rl.num_iterations))
+    if not figures:
+        raise UserError(f"our run logged no step time after step {warmup} ({out / 'llm' / 'metrics.jsonl'}); raise --steps")
+    ours.update(side="llm", prompt_tokens=prompt_tokens, **figures)
     batch = int(rl.prompts_per_step) * int(rl.num_generations)
     result: dict[str, Any] = {
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "bf16_flags": cpu_bf16()},
