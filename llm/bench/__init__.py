@@ -109,7 +109,7 @@ TARGETS: dict[str, Target] = {
                 JSON)),
         Target("grpo", "GRPO steps (llm grpo) vs trl.GRPOTrainer on the same model, prompts, G, new tokens and LoRA rank",
                "llm.bench.grpo",
-               (CONFIG, _option("--steps", "steps per side (the first --warmup are not timed)", type=int, default=6),
+               (CONFIG, _option("--steps", "steps per side (at least --warmup + 2; the first --warmup are not timed)", type=int, default=6),
                 _option("--warmup", "steps left out of the figures on both sides (compilation, warm-up)", type=int, default=1),
                 _option("--vs-trl", "also run trl.GRPOTrainer (PyTorch CPU; f32, and bf16 autocast where the CPU has AMX / AVX-512 BF16)",
                         action="store_true"),

@@ -233,8 +233,9 @@ def run_grpo_bench(config: ml_collections.ConfigDict, *, steps: int, vs_trl: boo
     shape); print and return the figures."""
     if warmup < 1:
         raise UserError(f"--warmup {warmup}: leave out at least the first step (it compiles on our side, warms up on TRL's)")
-    if steps <= warmup:
-        raise UserError(f"--steps {steps}: the GRPO bench needs more steps than --warmup {warmup} (those are not timed)")
+    if steps < warmup + 2:
+        raise UserError(f"--steps {steps}: the GRPO bench needs at least --warmup + 2 = {warmup + 2} (the warm-up steps are not "
+                        "timed, and our train step's time is measured when the next step starts)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = bench_grpo_config(config, model, steps)
