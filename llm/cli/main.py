@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "rm",
     "dpo",
     "grpo",
+    "ppo",
     "compare",
     "export",
     "generate",

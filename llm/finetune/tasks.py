@@ -23,7 +23,7 @@ def is_partitioned(config: ml_collections.ConfigDict) -> bool:
     frozen parameters (peft.freeze), or a classification head and loss. (Full SFT trains every
     parameter with the same next-token loss as `llm train`.)"""
     p = config.peft
-    return p.lora_rank > 0 or bool(p.freeze) or config.finetune.task in ("classification", "reward", "dpo", "grpo")
+    return p.lora_rank > 0 or bool(p.freeze) or config.finetune.task in ("classification", "reward", "dpo", "grpo", "ppo")
 
 
 def classification_labels(config: ml_collections.ConfigDict) -> int:
@@ -56,6 +56,10 @@ def task_for_config(config: ml_collections.ConfigDict) -> Task:
         from llm.finetune.grpo import grpo_loss_builder
 
         return Task(name="grpo", loss_fn=grpo_loss_builder(config))
+    if config.finetune.task == "ppo":
+        from llm.finetune.ppo import VALUE, init_value_head, ppo_loss_builder
+
+        return Task(name="ppo", loss_fn=ppo_loss_builder(config), head=init_value_head(config), head_key=VALUE)
     return lm_task(config.train.z_loss)
 
 
@@ -69,6 +73,10 @@ def extra_batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
         from llm.finetune.rollouts import rollout_keys
 
         return rollout_keys(config)
+    if config.finetune.task == "ppo":
+        from llm.finetune.ppo import PPO_KEYS
+
+        return PPO_KEYS
     if config.finetune.task == "reward" and config.rm.margin_field:
         return ("margin",)
     return ()
