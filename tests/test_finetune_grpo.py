@@ -105,3 +105,46 @@ def test_lora_rollouts_reference_and_updates_read_the_same_base_arrays(policy, t
     assert len(base) > 10
     assert all(s == base for s in seen["train"] + seen["reference"])
     assert all(base <= s for s in seen["sampler"])  # the sampler's tree adds the adapters and dropout leaves only
+
+
+def _start(workdir: Path, policy: Path) -> subprocess.Popen:
+    args = [*GRPO, "--workdir", str(workdir), "--init-from", str(policy), "--config.train.steps=8", "--config.train.log_every=1",
+            "--config.train.eval_every=0", "--config.checkpoint.every_steps=3", "--config.rl.steps_per_generation=2"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return subprocess.Popen([sys.executable, "-m", "llm.cli.main", "grpo", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _losses(workdir: Path) -> dict[int, float]:
+    out = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            out[record["step"]] = (record["loss"], record["reward"])
+    return out
+
+
+@pytest.mark.slow
+def test_kill_minus_9_mid_rollout_then_resume_equals_an_uninterrupted_run(policy, tmp_path):
+    """Checkpoints at steps 3 and 6 fall between the two minibatches of a rollout, so the
+    resumed run must also restore the untrained half from the data state."""
+    reference = tmp_path / "reference"
+    proc = _start(reference, policy)
+    assert proc.wait(timeout=600) == 0, proc.stdout.read()[-3000:]
+    expected = _losses(reference)
+    assert sorted(expected) == list(range(1, 9))
+
+    victim = tmp_path / "victim"
+    proc = _start(victim, policy)
+    deadline = time.time() + 600
+    while not (victim / "checkpoints" / "3").is_dir() or max(_losses(victim) if (victim / "metrics.jsonl").exists() else [0]) < 5:
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc = _start(victim, policy)
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert "resumed from" in output
+    assert list((victim / "rollouts").glob("after_*.npz"))
+    assert _losses(victim) == expected  # exact: same rollouts, same rewards, same updates
