@@ -29,6 +29,7 @@ from llm.finetune.rollouts import Rollouts, keeps_old_logps, policy_logps
 from llm.peft import lora
 from llm.peft.spec import peft_spec
 from llm.rl.grpo_losses import PolicyLoss, policy_loss
+from llm.train.metrics import plot_metric
 
 log = logging.getLogger("llm")
 
@@ -137,10 +138,25 @@ def grpo_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
         on_start=source.on_start,
         next_batch=source.next_batch,
         evaluate=source.evaluate,
-        final_metrics=lambda setup, trainable, frozen: {
-            f"heldout_{k[len('eval_'):]}": v for k, v in source.evaluate(setup, trainable, frozen).items()
-        },
+        final_metrics=final_metrics(source, workdir),
+        progress_keys=PROGRESS_KEYS,
     )
+
+
+PROGRESS_KEYS = ("reward", "reward_std", "kl", "clip_ratio/region_mean", "rollout_time", "train_time")
+
+
+def final_metrics(source: Rollouts, workdir: Path):
+    """The held-out rewards of the final policy (summary.json / cost.json) and the reward curve."""
+
+    def final(setup, trainable, frozen) -> dict:
+        out = {f"heldout_{k[len('eval_'):]}": v for k, v in source.evaluate(setup, trainable, frozen).items()}
+        source.runner.close()
+        if jax.process_index() == 0 and (workdir / "metrics.jsonl").is_file():
+            plot_metric(workdir / "metrics.jsonl", workdir / "reward.png", "reward", "mean reward")
+        return out
+
+    return final
 
 
 def check_grpo_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

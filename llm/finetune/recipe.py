@@ -47,9 +47,11 @@ class Task:
     final_metrics: Callable | None = None  # (setup, trainable, frozen) -> dict, added to cost.json
     head_key: str | None = None  # top-level key of the head in the trainable tree
     head_file: str = "classification_head.safetensors"  # the head's file in merged/
+    head_outside_model: bool = False  # the head is no part of the model (PPO's critic): peft/ is written too
     on_start: Callable | None = None  # the loop's on_start hook (setup, state, frozen)
     next_batch: Callable | None = None  # the loop's next_batch hook (on-policy RL: rollouts)
     evaluate: Callable | None = None  # the loop's evaluate hook (RL: held-out rewards instead of a loss)
+    progress_keys: tuple[str, ...] = ()  # the loop's progress-bar metrics
 
 
 def full_tree(trainable: Any, frozen: Any, extra: dict) -> dict:
@@ -116,7 +118,8 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str | Path, task: T
         report.update(extra)
         if jax.process_index() == 0:
             write_cost(workdir, report)
-        written = write_outputs(workdir, config, setup, state.params, frozen, spec, info, task.head_key, task.head_file)
+        written = write_outputs(workdir, config, setup, state.params, frozen, spec, info, task.head_key, task.head_file,
+                                task.head_outside_model)
         log.info(
             "%s: %d of %d parameters trained (%.2f%%), step %.3g FLOPs, peak %.0f MiB; outputs: %s",
             method, report["trainable_params"], report["total_params"], 100 * report["trainable_fraction"],
@@ -133,5 +136,6 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str | Path, task: T
         on_start=task.on_start,
         next_batch=task.next_batch,
         evaluate=task.evaluate,
+        progress_keys=task.progress_keys,
     )
     return run_training(config, workdir, overwrite=overwrite, hooks=hooks)

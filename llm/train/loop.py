@@ -65,6 +65,9 @@ class RunHooks:
     # (setup, params, frozen) -> {"eval_...": value}: the run's own evaluation instead of the
     # held-out loss (RL: rewards of held-out prompts); its first value is the one logged.
     evaluate: Callable | None = None
+    # Metrics shown in the progress bar besides loss / tok/s / MFU (RL: reward, KL, clip fraction,
+    # rollout vs train time), when a log step has them.
+    progress_keys: tuple[str, ...] = ()
 
 
 class _NonFiniteGuard:
@@ -344,6 +347,9 @@ def run_training(
                     postfix["tok/s"] = f"{values['tokens_per_s']:.0f}"
                 if "mfu" in values:
                     postfix["mfu"] = f"{100 * values['mfu']:.1f}%"
+                for key in hooks.progress_keys:
+                    if key in values:
+                        postfix[key.split("/")[-1]] = f"{values[key]:.3g}"
                 bar.set_postfix(postfix)
             if config.train.eval_every and (step % config.train.eval_every == 0 or step == total):
                 result = run_eval()
