@@ -35,7 +35,7 @@ from llm.rl.completions import cut_completion
 from llm.rl.logprobs import token_logprobs
 from llm.rl.prompts import PromptStream, encode_prompt, prompt_encoder, stop_strings, stop_token_sequences
 from llm.rl.rewards import RewardRunner
-from llm.rl.rollout_batch import rollout_rows, split_minibatches, token_values
+from llm.rl.rollout_batch import rollout_rows, split_minibatches, token_values, trimmed_length
 from llm.rl.tasks import RLTask, columns_of
 
 log = logging.getLogger("llm")
@@ -233,8 +233,9 @@ class Rollouts:
         rollout_time = time.perf_counter() - t0
         new_tokens = sum(len(c.tokens) for c in completions)
         cut = [cut_completion(self.tokenizer, c.tokens, self.stops, self.eos) for c in completions]
-        seq_len = int(config.data.seq_len)
-        batch = rollout_rows(prompt_ids, [c.tokens for c in cut], seq_len)
+        batch = rollout_rows(prompt_ids, [c.tokens for c in cut], int(config.data.seq_len))
+        seq_len = trimmed_length(batch["segment_ids"], int(config.data.seq_len), int(config.model.loss_chunk))
+        batch = {k: v[:, :seq_len] for k, v in batch.items()}
         starts = [len(p) - 1 for p in prompt_ids]
         batch["sampler_logps"] = token_values(len(rows), seq_len, [c.logprobs[: len(k.tokens)] for c, k in zip(completions, cut)], starts)
 
