@@ -32,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
     topology = parse_topology(args.topology)
     config = load_config(args.config, args.config_overrides)
+    if config.finetune.task in ("grpo", "ppo"):  # online RL: the batch shape comes from config.rl
+        from llm.finetune.grpo import resolve_rl_config
+
+        config = resolve_rl_config(config, need_start=False)
     import jax
 
     # Compiling for a slice needs no local accelerator; keep JAX (and libtpu) off the TPU backend.

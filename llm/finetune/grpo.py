@@ -45,9 +45,10 @@ def rollout_seq_len(config: ml_collections.ConfigDict) -> int:
     return -(-n // multiple) * multiple
 
 
-def resolve_rl_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def resolve_rl_config(config: ml_collections.ConfigDict, need_start: bool = True) -> ml_collections.ConfigDict:
     """The run's batch shape from config.rl (data.batch_size and data.seq_len are derived, not
-    set), checked before anything is built."""
+    set), checked before anything is built. need_start=False: for `llm compile`, which needs
+    the step's shapes, not the start weights."""
     rl = config.rl
     for name in ("prompts_per_step", "num_generations", "steps_per_generation", "num_iterations", "max_new_tokens", "max_prompt_tokens"):
         if int(rl[name]) < 1:
@@ -66,7 +67,7 @@ def resolve_rl_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
         )
     if not (0.0 < float(rl.temperature)):
         raise ConfigError(f"rl.temperature={rl.temperature} must be > 0: rollouts sample (TRL's default is 1.0)")
-    if not config.checkpoint.init_from and not config.checkpoint.init_from_hf:
+    if need_start and not config.checkpoint.init_from and not config.checkpoint.init_from_hf:
         raise ConfigError("online RL starts from a trained policy; pass --init-from (an `llm sft` / `llm train` workdir or export, or a Hugging Face directory)")
     if jax.process_count() > 1:
         raise ConfigError("llm grpo runs its rollouts on one host (any number of local devices); multi-host rollouts are not built")
