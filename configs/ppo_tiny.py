@@ -1,15 +1,19 @@
 """ppo_tiny: PPO (TRL 0.x PPOTrainer's algorithm) of a `tiny`-shaped model with LoRA (rank 8, every
 linear layer) against a reward model from `llm rm`, on the built-in docstring prompts (a stdlib
 function's signature + docstring; the reward is the reward model's score only, not the task's
-doctests). A value head on the policy trunk is the critic; the reference is the base with the
-adapters off. 4 prompts x 2 completions per rollout, 4 PPO epochs of 2 minibatches.
+doctests). A value head on the policy trunk is the critic (rl.value_model="head"); with
+--config.rl.value_model=separate the critic has its own weights instead (TRL PPO's default): a second
+set of LoRA adapters over the same frozen base plus a value head, written to merged/critic.safetensors.
+The reference is the base with the adapters off. 4 prompts x 2 completions per rollout, 4 PPO
+epochs of 2 minibatches.
 
 Run (SFT: an `llm sft` workdir; RM: an `llm rm` workdir trained from the same tokenizer):
   llm ppo --config configs/ppo_tiny.py --workdir runs/ppo --init-from runs/sft --reward-model runs/rm
 Expect: the held-out reward (the reward model's mean score of greedy completions of 32 held-out
 prompts) rises from its start value; metrics.jsonl logs objective/scores, objective/kl,
 loss/policy_avg, loss/value_avg, policy/clipfrac_avg; the workdir gets samples.jsonl, cost.json,
-adapter/ and merged/ (with value_head.safetensors beside the policy).
+adapter/, peft/ (the policy's adapters) and merged/ (the policy, with value_head.safetensors or
+critic.safetensors beside it).
 """
 
 from llm.config.base import base_config
@@ -32,7 +36,7 @@ def get_config():
     c.rl.kl_coef = 0.05  # TRL PPO 0.05
     c.rl.kl_estimator = "k1"  # TRL PPO's default (the base config's k3 is TRL GRPO's)
     c.rl.missing_eos_penalty = 1.0  # a completion that never stops scores 1 less
-    c.rl.value_model = "head"
+    c.rl.value_model = "head"  # separate: the critic's own adapters + head over the shared base
     c.rl.eval_prompts = 32
     c.rl.sample_every = 10
     c.train.steps = 80  # optimizer steps: 10 rollouts x 4 epochs x 2 minibatches

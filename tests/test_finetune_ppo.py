@@ -1,18 +1,24 @@
 """`llm ppo` (llm.finetune.ppo): a rollout's per-token rewards, GAE, whitening and minibatches equal
-a hand computation; the run raises the reward model's held-out score; bad input is one line."""
+a hand computation; a separate critic (rl.value_model="separate") reads the policy's frozen base
+and has its own weights; the run raises the reward model's held-out score with either critic;
+bad input is one line."""
 
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from finetune_fixtures import FAST, llm_session
 from llm.config.loading import load_config
 from llm.errors import ConfigError
-from llm.finetune.ppo import PPORollouts, check_ppo_config
+from llm.finetune import ppo
+from llm.finetune.ppo import PPORollouts, check_ppo_config, ppo_loss_builder, split_value
 from llm.finetune.rollouts import Rollout
 from llm.rl.rollout_batch import rollout_rows
 
@@ -110,7 +116,6 @@ def test_updates_equal_a_hand_computation(whiten_rewards):
 @pytest.mark.parametrize("change, message", [
     (dict(reward_model=""), "llm ppo has no reward: pass --reward-model RM"),
     (dict(value_model="critic"), "rl.value_model='critic'; use one of head, separate"),
-    (dict(value_model="separate"), "rl.value_model='separate' .* is not built yet"),
     (dict(num_iterations=2), "rl.num_iterations=2 is GRPO's"),
     (dict(lam=1.5), r"rl.lam=1.5 must be in \[0, 1\]"),
     (dict(num_ppo_epochs=0), "rl.num_ppo_epochs=0 must be >= 1"),
@@ -126,6 +131,69 @@ def test_bad_config(change, message):
 
 def test_one_completion_per_prompt_is_allowed():
     assert _config(num_generations=1, prompts_per_step=4).data.batch_size == 2
+
+
+def _leaves(tree) -> dict[str, jax.Array]:
+    return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.parametrize("lora_rank", [8, 0])
+def test_separate_critic_reads_the_policys_frozen_base_with_its_own_weights(lora_rank, monkeypatch):
+    """rl.value_model="separate": with LoRA the critic is a second set of adapters (another seed)
+    and its forward merges the very frozen arrays the policy's does (no second base); with full
+    fine-tuning it is a copy of the trainable leaves and shares peft.freeze's. Only the critic
+    moves the values; the policy's log-probs do not depend on it."""
+    from llm.finetune.tasks import partition_for_config
+    from llm.model.build import init_params
+    from llm.model.spec import model_spec
+    from llm.parallel.mesh import build_mesh
+    from llm.parallel.rules import AxisRules
+
+    config = _config(value_model="separate")
+    config.peft.lora_rank = lora_rank
+    config.peft.freeze = () if lora_rank else ("embed",)
+    rules = AxisRules.from_config(config.mesh.rules, build_mesh(config.mesh, jax.devices()[:1]))
+    graphdef, params, _ = init_params(model_spec(config, platform="cpu"), rules, 0)
+    graphdef, trainable, frozen = partition_for_config(config).apply(graphdef, params)
+    policy, critic = split_value(trainable)
+    assert set(critic) == {"params", "value_head"} and not np.asarray(critic["value_head"]["kernel"]).any()
+    weights, mine = _leaves(critic["params"]), _leaves(policy)
+    assert set(weights) == set(mine) and weights  # the policy's trainable leaves, no more
+    assert not {id(x) for x in weights.values()} & {id(x) for x in jax.tree_util.tree_leaves((policy, frozen))}
+    if lora_rank:
+        assert all(k.endswith(("['lora_a']", "['lora_b']")) for k in weights)  # no base leaf
+        for k, x in weights.items():
+            same = np.array_equal(np.asarray(x), np.asarray(mine[k]))
+            assert same == k.endswith("['lora_b']"), k  # B = 0 in both; A drawn from another seed
+    else:
+        assert frozen and all("embed" in k for k in _leaves(frozen))
+        assert all(np.array_equal(np.asarray(x), np.asarray(mine[k])) for k, x in weights.items())  # a copy
+
+    merged: list[dict] = []  # the trees ppo.py's forwards merge with
+    spy = lambda g, tree: (merged.append(_leaves(tree)), nnx.merge(g, tree))[1]  # noqa: E731
+    monkeypatch.setattr(ppo, "nnx", types.SimpleNamespace(merge=spy))
+    config.data.seq_len = 16
+    batch = _rollout(config).batch
+    batch.update(advantages=np.ones_like(batch["old_logps"]), returns=np.ones_like(batch["old_logps"]))
+    loss_fn = ppo_loss_builder(config)(graphdef, lambda rng: {}, False)
+    loss, aux = loss_fn(trainable, frozen, batch, None)
+    assert len(merged) == 2  # the policy's forward, then the critic's
+    base = {k: id(x) for k, x in _leaves(frozen).items()}
+    for tree in merged:
+        assert {k: id(x) for k, x in tree.items() if k in base} == base  # the same frozen arrays, not copies
+    assert {k: id(x) for k, x in merged[1].items() if k not in base} == {k: id(x) for k, x in weights.items()}
+
+    def forward(critic):
+        return ppo.policy_logps_and_values(graphdef, policy, critic, frozen, {}, {}, batch, 1.0)
+
+    logps, values = forward(critic)
+    assert not np.asarray(values).any()  # a zero head: values start at 0
+    rng = np.random.default_rng(1)
+    moved = jax.tree_util.tree_map(lambda x: x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype), critic)
+    logps2, values2 = forward(moved)
+    np.testing.assert_array_equal(np.asarray(logps), np.asarray(logps2))
+    with_policy_trunk = ppo.policy_logps_and_values(graphdef, policy, {"value_head": moved["value_head"]}, frozen, {}, {}, batch, 1.0)[1]
+    assert np.abs(np.asarray(values2) - np.asarray(with_policy_trunk)).max() > 1e-4  # its own trunk, not the policy's
 
 
 @pytest.fixture(scope="module")
@@ -149,17 +217,20 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-def test_ppo_raises_the_reward_models_score(models):
+@pytest.mark.parametrize("value_model", ["head", "separate"])
+def test_ppo_raises_the_reward_models_score(models, value_model):
     """LoRA PPO against a random reward model: the reward model's mean score of greedy completions
-    of 32 held-out prompts rises (measured -0.10 -> 2.12; with the reward negated, the score
-    falls instead: 0.10 -> 1.91 of -score, so the rise is the reward's doing, not drift)."""
-    work = models["root"] / "run"
+    of 32 held-out prompts rises (head: measured -0.10 -> 2.12; with the reward negated, the score
+    falls instead: 0.10 -> 1.91 of -score, so the rise is the reward's doing, not drift; separate:
+    measured -0.10 -> 2.17, and with the reward negated 0.10 -> 0.97 of -score)."""
+    work = models["root"] / f"run_{value_model}"
     common = ["--config", "configs/ppo_tiny.py", "--init-from", str(models["policy"]), "--config.rl.task=addition",
               "--config.rl.max_prompt_tokens=48", "--config.rl.max_new_tokens=16", "--config.rl.eval_prompts=32", *FAST]
     (code, err), (bad, bad_err) = llm_session(
         ["ppo", "--workdir", str(work), "--reward-model", str(models["rm"]), *common, "--config.train.steps=64",
-         "--config.train.eval_every=64", "--config.train.log_every=16", "--config.optim.lr=3e-3"],
-        ["ppo", "--workdir", str(models["root"] / "none"), *common],
+         "--config.train.eval_every=64", "--config.train.log_every=16", "--config.optim.lr=3e-3",
+         f"--config.rl.value_model={value_model}"],
+        ["ppo", "--workdir", str(models["root"] / f"none_{value_model}"), *common],
     )
     assert code == 0, err[-3000:]
     summary = json.loads((work / "summary.json").read_text())
@@ -167,5 +238,40 @@ def test_ppo_raises_the_reward_models_score(models):
     rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     logged = {k for r in rows for k in r}
     assert {"objective/kl", "objective/scores", "loss/policy_avg", "loss/value_avg", "policy/clipfrac_avg", "val/clipfrac_avg"} <= logged
-    assert (work / "merged" / "value_head.safetensors").is_file() and (work / "adapter").is_dir()
+    assert (work / "adapter").is_dir() and (work / "peft" / "adapter_model.safetensors").is_file()  # the policy's adapters
+    if value_model == "head":
+        assert (work / "merged" / "value_head.safetensors").is_file()
+    else:
+        from safetensors.numpy import load_file
+
+        critic = load_file(str(work / "merged" / "critic.safetensors"))
+        assert "value_head/kernel" in critic and np.abs(critic["value_head/kernel"]).max() > 0
+        adapters = [k for k in critic if k.startswith("params/")]
+        assert adapters and all(k.endswith(("/lora_a", "/lora_b")) for k in adapters)  # adapters only: no base copy
+        assert any(np.abs(critic[k]).max() > 0 for k in adapters if k.endswith("/lora_b"))  # the critic's trunk trained
     assert bad == 2 and "llm ppo has no reward" in bad_err and len(bad_err.strip().splitlines()) == 1, bad_err
+
+
+@pytest.mark.slow
+def test_separate_critic_resumes_exactly(models):
+    """The critic is trainable state: a run stopped at step 3 (mid-rollout: 2 minibatches per
+    rollout) and resumed to step 6 logs the losses of an uninterrupted 6-step run. Its values
+    feed the later rollouts' advantages, so a critic restored wrong would change them."""
+    args = ["--config", "configs/ppo_tiny.py", "--init-from", str(models["policy"]), "--reward-model", str(models["rm"]),
+            "--config.rl.task=addition", "--config.rl.max_prompt_tokens=48", "--config.rl.max_new_tokens=16",
+            "--config.rl.eval_prompts=4", "--config.rl.num_ppo_epochs=1", "--config.rl.value_model=separate",
+            "--config.train.eval_every=0", "--config.train.log_every=1", "--config.optim.lr=3e-3", *FAST]
+    whole, parts = models["root"] / "whole", models["root"] / "parts"
+    results = llm_session(["ppo", "--workdir", str(whole), *args, "--config.train.steps=6"],
+                          ["ppo", "--workdir", str(parts), *args, "--config.train.steps=3"],
+                          ["ppo", "--workdir", str(parts), *args, "--config.train.steps=6"])
+    assert all(code == 0 for code, _ in results), [err[-3000:] for _, err in results]
+
+    def losses(workdir: Path) -> dict[int, tuple[float, float]]:
+        rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: (r["loss"], r["loss/value_avg"]) for r in rows if "loss" in r}
+
+    expected = losses(whole)
+    assert sorted(expected) == list(range(1, 7))
+    assert "resumed from" in results[2][1] and list((parts / "rollouts").glob("after_3.npz"))
+    assert losses(parts) == expected

@@ -279,5 +279,5 @@ def base_config() -> ml_collections.ConfigDict:
     r.vf_coef = 0.1
     r.num_ppo_epochs = 4
     r.whiten_rewards = False
-    r.value_model = "head"  # head: a value head on the policy trunk | separate: its own adapters / copy + head
+    r.value_model = "head"  # head: a value head on the policy trunk | separate: own adapters on the shared base (full FT: a copy) + head
     return c

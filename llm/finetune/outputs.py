@@ -4,7 +4,8 @@
             `llm convert`), adapters folded in; a QLoRA run folds them into the original
             (unquantized) start weights, as QLoRA is deployed
   adapter/  LoRA runs: the adapters alone (llm.peft.adapters_io)
-  peft/     LoRA SFT runs: the adapters in Hugging Face PEFT format (llm.peft.hf_peft)
+  peft/     LoRA runs without a classification / reward head: the adapters in Hugging Face PEFT
+            format (llm.peft.hf_peft)
 
 The training checkpoints of a LoRA run hold only the adapters and their optimizer state.
 """
@@ -31,6 +32,7 @@ from llm.peft.lora import LoraInfo
 from llm.peft.quant import QTensor
 from llm.peft.spec import PeftSpec
 from llm.peft.split import combine
+from llm.pytree import path_str
 from llm.train.init_sources import init_params_hook
 
 log = logging.getLogger("llm")
@@ -79,12 +81,13 @@ def write_merged(directory: Path, config, params: Any, tokenizer_dir: Path | Non
     if head is not None and jax.process_index() == 0:
         from safetensors.numpy import save_file
 
-        save_file({k: np.asarray(jax.device_get(v), np.float32) for k, v in head.items()}, str(directory / head_file))
+        leaves = jax.tree_util.tree_leaves_with_path(head)  # a nested head (PPO's critic): "params/blocks/..." keys
+        save_file({path_str(p): np.asarray(jax.device_get(v), np.float32) for p, v in leaves}, str(directory / head_file))
 
 
 def write_outputs(
     workdir: Path, config: ml_collections.ConfigDict, setup, trainable: Any, frozen: Any, spec: PeftSpec,
-    info: LoraInfo | None, head_key: str | None, head_file: str = HEAD_FILE,
+    info: LoraInfo | None, head_key: str | None, head_file: str = HEAD_FILE, head_outside_model: bool = False,
 ) -> list[str]:
     written = []
     full = combine(trainable, frozen)
@@ -94,7 +97,7 @@ def write_outputs(
         _, adapters = lora.unmerge(full)
         save_adapters(workdir / "adapter", adapters, info, model_json, config.peft.to_dict())
         written.append("adapter")
-        if head_key is None:
+        if head_key is None or head_outside_model:  # a classification head is part of the model: no PEFT form
             base = config.checkpoint.init_from_hf or config.checkpoint.init_from
             export_peft(workdir / "peft", adapters, info, setup.spec, spec, base_model=base)
             written.append("peft")

@@ -8,9 +8,21 @@ off; full fine-tuning: the start weights, kept only when rl.kl_coef > 0). Then p
 (-kl_coef * KL, + the score at the last completion token), GAE, whitened advantages and returns,
 and num_ppo_epochs passes of steps_per_generation minibatches of the clipped policy + value loss.
 
-The critic (rl.value_model="head") is a (d_model, 1) value head on the policy's final hidden
-states, trained next to the policy (with LoRA: next to the adapters), zero at the start. It is
-saved in the checkpoints and written to merged/value_head.safetensors beside the policy.
+The critic, by rl.value_model:
+  head      a (d_model, 1) value head on the policy's final hidden states, trained next to the
+            policy (with LoRA: next to the adapters), zero at the start; policy and value share
+            the trunk. Written to merged/value_head.safetensors beside the policy.
+  separate  a critic with its own weights (TRL PPO's default: a separate value model), under one
+            key "critic" of the trainable tree: {"params": its weights, "value_head": the head}.
+            With LoRA / QLoRA its weights are a second set of adapters over the SAME frozen base
+            (no second base: its forward merges the graphdef with its adapters + the policy's
+            frozen tree), drawn like LoRA's (A random, B = 0) from train.seed + 1. With full
+            fine-tuning it is a trainable copy of the start weights (minus peft.freeze's leaves,
+            which both share): a second model plus its AdamW moments, about 2x the trainable
+            memory of "head" and a second forward / backward per step. It starts from the
+            policy's start weights with a zero head, like "head". Written flattened ("params/...",
+            "value_head/kernel") to merged/critic.safetensors.
+Either way the critic is in the trainable tree, so the checkpoints (and a resumed run) hold it.
 """
 
 from __future__ import annotations
@@ -35,6 +47,8 @@ from llm.peft import lora
 from llm.peft.abstract import call, is_abstract
 from llm.peft.lora import abstract_module
 from llm.peft.spec import peft_spec
+from llm.peft.split import freeze_mask, split_params
+from llm.pytree import path_keys, path_str, set_path
 from llm.rl.advantages import gae, masked_whiten
 from llm.rl.logprobs import token_logprobs
 from llm.rl.ppo_losses import ppo_loss, ppo_token_rewards, token_kl
@@ -44,31 +58,69 @@ log = logging.getLogger("llm")
 
 VALUE = "value_head"
 VALUE_FILE = "value_head.safetensors"
+CRITIC = "critic"  # rl.value_model="separate": the critic's subtree {"params": ..., VALUE: ...}
+CRITIC_FILE = "critic.safetensors"
+CRITIC_SEED = 1  # the critic's adapters are drawn from train.seed + CRITIC_SEED (the policy's: train.seed)
 VALUE_MODELS = ("head", "separate")
 # The float32 (rows, length) arrays a PPO minibatch carries besides llm.data.batch's keys.
 PPO_KEYS = ("advantages", "returns", "old_values", "old_logps", "sampler_logps")
 
 
 # -- the critic ---------------------------------------------------------------------------------
+def _zero_head(module, abstract: bool) -> dict:
+    """{"kernel": (d_model, 1) zeros}, replicated on the mesh. Zero, so the first values are 0
+    and the first update's advantages are the whitened rewards-to-go."""
+    d = module.spec.d_model
+    mesh = module.rules.mesh
+    sharding = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
+    create = jax.jit(lambda: {"kernel": jnp.zeros((d, 1), jnp.float32)}, out_shardings=sharding)
+    return call(create, abstract=abstract)
+
+
 def init_value_head(config: ml_collections.ConfigDict):
-    """Task.head: {VALUE: {"kernel": (d_model, 1) zeros}}, replicated on the mesh. Zero, so the
-    first values are 0 and the first update's advantages are the whitened rewards-to-go."""
+    """Task.head of rl.value_model="head": {VALUE: zero kernel}."""
 
     def make(graphdef, params, seed: int) -> dict:
-        module = abstract_module(graphdef, params)
-        d = module.spec.d_model
-        mesh = module.rules.mesh
-        sharding = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
-        create = jax.jit(lambda: {"kernel": jnp.zeros((d, 1), jnp.float32)}, out_shardings=sharding)
-        return {VALUE: call(create, abstract=is_abstract(params))}
+        return {VALUE: _zero_head(abstract_module(graphdef, params), is_abstract(params))}
 
     return make
 
 
+def init_critic(config: ml_collections.ConfigDict):
+    """Task.head of rl.value_model="separate": {CRITIC: {"params": weights, VALUE: zero kernel}}.
+    LoRA: fresh adapters (train.seed + CRITIC_SEED) of the policy's targets, no base leaf; full
+    fine-tuning: a copy of every leaf peft.freeze leaves trainable (the frozen ones are shared)."""
+    spec = peft_spec(config)
+
+    def make(graphdef, params, seed: int) -> dict:
+        abstract = is_abstract(params)
+        head = _zero_head(abstract_module(graphdef, params), abstract)
+        if spec.lora:
+            weights = lora.unmerge(lora.add_lora(graphdef, params, spec, seed + CRITIC_SEED)[1])[1]
+        else:
+            mask, weights = freeze_mask(params, spec.freeze), {}
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+                if not mask[path_str(path)]:
+                    set_path(weights, path_keys(path), leaf if abstract else jnp.copy(leaf))
+        return {CRITIC: {"params": weights, VALUE: head}}
+
+    return make
+
+
+def critic_task_fields(config: ml_collections.ConfigDict) -> dict:
+    """Task(head=, head_key=, head_file=) of the config's rl.value_model."""
+    if config.rl.value_model == "separate":
+        return dict(head=init_critic(config), head_key=CRITIC, head_file=CRITIC_FILE)
+    return dict(head=init_value_head(config), head_key=VALUE, head_file=VALUE_FILE)
+
+
 def split_value(trainable: dict) -> tuple[dict, dict]:
-    """(the policy's trainable tree, the value head) of a PPO run's trainable tree."""
+    """(the policy's trainable tree, the critic: {VALUE: head} or {"params": ..., VALUE: head})
+    of a PPO run's trainable tree."""
     policy = dict(trainable)
-    return policy, policy.pop(VALUE)
+    if CRITIC in policy:
+        return policy, policy.pop(CRITIC)
+    return policy, {VALUE: policy.pop(VALUE)}
 
 
 def token_values(hidden: jax.Array, head: dict) -> jax.Array:
@@ -77,9 +129,17 @@ def token_values(hidden: jax.Array, head: dict) -> jax.Array:
     return jnp.einsum("btd,d->bt", hidden.astype(jnp.float32), head["kernel"][:, 0].astype(jnp.float32))
 
 
-def policy_logps_and_values(model, head: dict, batch: dict, temperature: float) -> tuple[jax.Array, jax.Array]:
+def policy_logps_and_values(graphdef, policy: dict, critic: dict, frozen: Any, extra: dict, critic_extra: dict,
+                            batch: dict, temperature: float) -> tuple[jax.Array, jax.Array]:
+    """The policy's log-probs and the critic's values of a batch. A head reads the policy's hidden
+    states; a separate critic runs its own forward over ITS weights + the same frozen tree."""
+    model = nnx.merge(graphdef, full_tree(policy, frozen, extra))
     hidden = model.hidden_states(batch["inputs"], batch["positions"], batch["segment_ids"])
-    return token_logprobs(model, hidden, batch["targets"], temperature=temperature), token_values(hidden, head)
+    logps = token_logprobs(model, hidden, batch["targets"], temperature=temperature)
+    if "params" in critic:
+        critic_model = nnx.merge(graphdef, full_tree(critic["params"], frozen, critic_extra))
+        hidden = critic_model.hidden_states(batch["inputs"], batch["positions"], batch["segment_ids"])
+    return logps, token_values(hidden, critic[VALUE])
 
 
 # -- advantages ---------------------------------------------------------------------------------
@@ -110,9 +170,10 @@ def ppo_loss_builder(config: ml_collections.ConfigDict):
 
     def build(graphdef, runtime: Runtime, train: bool):
         def loss_fn(trainable, frozen, batch, rng):
-            policy, head = split_value(trainable)
-            model = nnx.merge(graphdef, full_tree(policy, frozen, runtime(rng if train else None)))
-            logps, values = policy_logps_and_values(model, head, batch, temperature)
+            policy, critic = split_value(trainable)
+            extra = runtime(rng if train else None)
+            critic_extra = runtime(jax.random.fold_in(rng, 1)) if train and rng is not None else extra  # own dropout
+            logps, values = policy_logps_and_values(graphdef, policy, critic, frozen, extra, critic_extra, batch, temperature)
             mask = batch["loss_mask"].astype(jnp.float32)
             loss, metrics = ppo_loss(logps, batch["old_logps"], batch["advantages"], mask, values, batch["old_values"],
                                      batch["returns"], **constants)
@@ -146,15 +207,15 @@ class PPORollouts(Rollouts):
             return
         if int(jax.device_get(state.step)) == 0:
             self.reference = jax.tree_util.tree_map(jnp.copy, split_value(state.params)[0])
-        else:
+        else:  # the policy's part of the partition only (not partition.apply: no critic copy to discard)
             from llm.train.init_sources import init_params_hook
 
             full, _ = init_params_hook(self.config)(setup, setup.base_params)
-            self.reference = split_value(setup.partition.apply(setup.base_graphdef, full)[1])[0]
+            self.reference = split_params(setup.base_graphdef, full, peft_spec(self.config), int(self.config.train.seed))[1]
 
     def sample_and_score(self, setup, state, frozen) -> Rollout:
         """The base rollout on the policy's part of the trainable tree (the sampler's model has no
-        value head); the head waits in self._value for device_values."""
+        value head or critic); the critic waits in self._value for device_values."""
         policy, self._value = split_value(state.params)
         return super().sample_and_score(setup, state._replace(params=policy), frozen)
 
@@ -162,18 +223,19 @@ class PPORollouts(Rollouts):
         return super().evaluate(setup, split_value(params)[0], frozen)
 
     def device_values(self, setup, state, frozen, device_batch) -> dict:
+        policy = state.params  # sample_and_score passes the policy's part; the critic is self._value
         if not self._ppo_fns:
             graphdef, runtime, temperature = setup.graphdef, self.runtime, self.temperature
 
-            def old(trainable, head, frozen, batch):
-                model = nnx.merge(graphdef, full_tree(trainable, frozen, runtime(None)))
-                return policy_logps_and_values(model, head, batch, temperature)
+            def old(policy, critic, frozen, batch):
+                extra = runtime(None)
+                return policy_logps_and_values(graphdef, policy, critic, frozen, extra, extra, batch, temperature)
 
             self._ppo_fns["old"] = jax.jit(old)
-        logps, values = self._ppo_fns["old"](state.params, self._value, frozen, device_batch)
+        logps, values = self._ppo_fns["old"](policy, self._value, frozen, device_batch)
         pending = {"old_logps": logps, "old_values": values}
         if self.needs_reference:
-            pending["ref_logps"] = self._device_fns(setup)["ref"](state.params, frozen, self.reference, device_batch)
+            pending["ref_logps"] = self._device_fns(setup)["ref"](policy, frozen, self.reference, device_batch)
         return pending
 
     def updates(self, rollout: Rollout) -> list[tuple[dict, dict]]:
@@ -219,7 +281,6 @@ class PPORollouts(Rollouts):
         return [(mb, metrics) for mb in passes]
 
 
-
 # -- the run ------------------------------------------------------------------------------------
 def check_ppo_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The config `llm ppo` trains with (batch shape derived from config.rl), or a ConfigError."""
@@ -231,9 +292,6 @@ def check_ppo_config(config: ml_collections.ConfigDict) -> ml_collections.Config
                           "(builtin:NAME, MODULE:FUNCTION or a reward model workdir)")
     if rl.value_model not in VALUE_MODELS:
         raise ConfigError(f"rl.value_model={rl.value_model!r}; use one of {', '.join(VALUE_MODELS)}")
-    if rl.value_model == "separate":
-        raise ConfigError("rl.value_model='separate' (a critic with its own weights) is not built yet; "
-                          "use rl.value_model='head' (a value head on the policy's trunk)")
     if int(rl.num_ppo_epochs) < 1:
         raise ConfigError(f"rl.num_ppo_epochs={rl.num_ppo_epochs} must be >= 1 (TRL PPO 4)")
     if int(rl.num_iterations) != 1:
@@ -273,9 +331,8 @@ def ppo_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
     return Task(
         name="ppo",
         loss_fn=ppo_loss_builder(config),
-        head=init_value_head(config),
-        head_key=VALUE,
-        head_file=VALUE_FILE,
+        **critic_task_fields(config),
+        head_outside_model=True,  # the critic is no part of the policy: peft/ holds the policy's adapters
         make_batches=lambda *_: source,
         on_start=source.on_start,
         next_batch=source.next_batch,

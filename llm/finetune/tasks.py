@@ -57,9 +57,9 @@ def task_for_config(config: ml_collections.ConfigDict) -> Task:
 
         return Task(name="grpo", loss_fn=grpo_loss_builder(config))
     if config.finetune.task == "ppo":
-        from llm.finetune.ppo import VALUE, init_value_head, ppo_loss_builder
+        from llm.finetune.ppo import critic_task_fields, ppo_loss_builder
 
-        return Task(name="ppo", loss_fn=ppo_loss_builder(config), head=init_value_head(config), head_key=VALUE)
+        return Task(name="ppo", loss_fn=ppo_loss_builder(config), **critic_task_fields(config))
     return lm_task(config.train.z_loss)
 
 
