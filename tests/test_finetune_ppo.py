@@ -239,6 +239,7 @@ def test_ppo_raises_the_reward_models_score(models, value_model):
     logged = {k for r in rows for k in r}
     assert {"objective/kl", "objective/scores", "loss/policy_avg", "loss/value_avg", "policy/clipfrac_avg", "val/clipfrac_avg"} <= logged
     assert (work / "adapter").is_dir() and (work / "peft" / "adapter_model.safetensors").is_file()  # the policy's adapters
+    assert (work / "reward.png").is_file()
     if value_model == "head":
         assert (work / "merged" / "value_head.safetensors").is_file()
     else:

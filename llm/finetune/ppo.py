@@ -40,7 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from llm.data.batch import BATCH_DTYPES
 from llm.errors import ConfigError
-from llm.finetune.grpo import resolve_rl_config
+from llm.finetune.grpo import final_metrics, resolve_rl_config
 from llm.finetune.recipe import Runtime, Task, full_tree, lora_info, run_finetune
 from llm.finetune.rollouts import Rollout, Rollouts
 from llm.peft import lora
@@ -337,9 +337,8 @@ def ppo_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
         on_start=source.on_start,
         next_batch=source.next_batch,
         evaluate=source.evaluate,
-        final_metrics=lambda setup, trainable, frozen: {
-            f"heldout_{k[len('eval_'):]}": v for k, v in source.evaluate(setup, trainable, frozen).items()
-        },
+        final_metrics=final_metrics(source, workdir),
+        progress_keys=("reward", "objective/kl", "policy/clipfrac_avg", "loss/value_avg", "rollout_time", "train_time"),
     )
 
 
