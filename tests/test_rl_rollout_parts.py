@@ -67,7 +67,7 @@ def test_rollout_rows_put_the_loss_on_the_completion_targets_only():
         rollout_rows(prompts, [[1] * 9, [1]], 8)
 
 
-def test_rollout_batches_train_at_their_longest_row_rounded_to_a_power_of_two():
+def test_rollout_batches_train_at_their_longest_row_rounded_up():
     from llm.rl.rollout_batch import trimmed_length
 
     seg = np.zeros((2, 256), np.int32)
@@ -75,6 +75,6 @@ def test_rollout_batches_train_at_their_longest_row_rounded_to_a_power_of_two():
     assert trimmed_length(seg, 256) == 32
     assert trimmed_length(seg[:, :24], 24) == 24  # never past seq_len
     seg[1, :150] = 1
-    assert trimmed_length(seg, 256) == 256 and trimmed_length(seg, 256, loss_chunk=64) == 192
+    assert trimmed_length(seg, 256) == 160 and trimmed_length(seg, 256, loss_chunk=64) == 192
     assert trimmed_length(np.zeros((2, 64), np.int32), 64) == 16
-    assert trimmed_length(seg[:1], 256, loss_chunk=48) == 32 and trimmed_length(seg[:1, :40] * 0 + 1, 256, loss_chunk=48) == 48
+    assert trimmed_length(seg[:1], 256, loss_chunk=24) == 24  # a whole chunk, not 32 (24 would not divide it)

@@ -51,17 +51,14 @@ def split_minibatches(batch: dict[str, np.ndarray], n: int) -> list[dict[str, np
     return [{k: v[j * size : (j + 1) * size] for k, v in batch.items()} for j in range(n)]
 
 
-def trimmed_length(segment_ids: np.ndarray, seq_len: int, loss_chunk: int = 0, minimum: int = 16) -> int:
-    """The row length a rollout batch is trained at: its longest row rounded up to a power of
-    two (>= minimum; past loss_chunk, to a multiple of it, which the chunked log-probs need),
-    at most seq_len. Rollouts are mostly far shorter than the longest possible prompt +
-    completion, and a few power-of-two lengths keep the compiled programs few."""
+def trimmed_length(segment_ids: np.ndarray, seq_len: int, loss_chunk: int = 0, multiple: int = 16) -> int:
+    """The row length a rollout batch is trained at: its longest row rounded up to a multiple of
+    `multiple` (past loss_chunk, of loss_chunk, which the chunked log-probs need), at most
+    seq_len. Rollouts are mostly far shorter than the longest possible prompt + completion;
+    rounding keeps the compiled programs few (at most seq_len / multiple of them)."""
     used = int(np.max(np.nonzero(np.any(segment_ids > 0, axis=0))[0], initial=-1)) + 1
-    if loss_chunk and used > loss_chunk:
-        return min(-(-used // loss_chunk) * loss_chunk, int(seq_len))
-    n = max(int(minimum), 1)
-    while n < used:
-        n *= 2
-    if loss_chunk and n > loss_chunk:
-        n = loss_chunk  # the unchunked log-probs cover a row of up to one chunk
+    step = loss_chunk if loss_chunk and used > loss_chunk else max(int(multiple), 1)
+    n = max(-(-used // step) * step, step)
+    if loss_chunk and used <= loss_chunk:
+        n = min(n, loss_chunk)  # the unchunked log-probs cover a row of up to one chunk
     return min(n, int(seq_len))
