@@ -69,24 +69,14 @@ def summarize_ours(rows: Sequence[dict], warmup: int, prompt_tokens: Sequence[in
     timed = [r for r in rows if int(r["step"]) > warmup and r.get("step_time")]
     if not timed:
         return {}
-    total = lambda key, rs=timed: sum(float(r.get(key) or 0.0) for r in rs)
-    n = len(timed)
-    out = {
-        "timed_steps": n,
-        "step_time": total("step_time") / n,
-        "steps_per_s": n / total("step_time"),
-        "rollout_time": total("rollout_time") / n,
-        "reference_time": total("reference_time") / n,
-        "reward_time": total("reward_time") / n,
-        "rollout_tokens": total("rollout_tokens") / n,
-        "rollout_tokens_per_s": total("rollout_tokens") / total("rollout_time") if total("rollout_time") else None,
-        "train_time": None,
-        "train_tokens_per_s": None,
-    }
+    from llm.bench.trl_grpo_peer import stage_means
+
+    out = {**stage_means(timed), "train_time": None, "train_tokens_per_s": None}
     train = [r for r in timed if int(r["step"]) > warmup + 1 and r.get("train_time")]
     if train:
-        out["train_time"] = total("train_time", train) / len(train)
-        out["train_tokens_per_s"] = sum(trained[int(r["step"]) - 1] for r in train) / total("train_time", train)
+        train_time = sum(float(r["train_time"]) for r in train)
+        out["train_time"] = train_time / len(train)
+        out["train_tokens_per_s"] = sum(trained[int(r["step"]) - 1] for r in train) / train_time
     return out
 
 

@@ -26,7 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from llm.bench.trl_peer import LORA_MODULES, offline, peak_rss_bytes, timing_callback, training_args
+from llm.bench.trl_peer import lora_config, offline, peak_rss_bytes, timing_callback, training_args
 from llm.errors import UserError
 from llm.rl.rewards.spec import import_reward
 
@@ -121,26 +121,26 @@ class StepClock:
         self._last_end = now
 
 
+def stage_means(rows: Sequence[dict]) -> dict:
+    """Steps/s, the mean step time and the mean of each rollout stage over timed step rows (ours
+    from metrics.jsonl, TRL's from the breakdown): one definition for both sides."""
+    total = lambda key: sum(float(row.get(key) or 0.0) for row in rows)  # noqa: E731
+    n = len(rows)
+    out = {"timed_steps": n, "step_time": total("step_time") / n, "steps_per_s": n / total("step_time")}
+    out.update({key: total(key) / n for key in ("rollout_time", "reference_time", "reward_time", "rollout_tokens")})
+    out["rollout_tokens_per_s"] = total("rollout_tokens") / total("rollout_time") if total("rollout_time") else None
+    return out
+
+
 def summarize(breakdown: Sequence[dict], warmup: int) -> dict:
     """Steps/s and the stage figures over the steps after the first `warmup` ones."""
     timed = list(breakdown[warmup:])
     if not timed:
         return {}
-    total = lambda key: sum(row[key] for row in timed)
-    n = len(timed)
-    out = {
-        "timed_steps": n,
-        "step_time": total("step_time") / n,
-        "steps_per_s": n / total("step_time"),
-        "rollout_time": total("rollout_time") / n,
-        "reference_time": total("reference_time") / n,
-        "reward_time": total("reward_time") / n,
-        "train_time": total("train_time") / n,
-        "rollout_tokens": total("rollout_tokens") / n,
-        "train_tokens": total("train_tokens") / n,
-    }
-    out["rollout_tokens_per_s"] = total("rollout_tokens") / total("rollout_time") if total("rollout_time") else None
-    out["train_tokens_per_s"] = total("train_tokens") / total("train_time") if total("train_time") > 0 else None
+    out = stage_means(timed)
+    train_time, train_tokens = (sum(row[key] for row in timed) for key in ("train_time", "train_tokens"))
+    out.update(train_time=train_time / len(timed), train_tokens=train_tokens / len(timed),
+               train_tokens_per_s=train_tokens / train_time if train_time > 0 else None)
     return out
 
 
@@ -177,14 +177,7 @@ def trl_grpo_steps(model_dir: str | Path, tokenizer_dir: str | Path | None, prom
 
     if threads:
         torch.set_num_threads(threads)
-    peft_config = None
-    if lora_rank:
-        import peft
-
-        if lora_targets not in LORA_MODULES:
-            raise UserError(f"lora_targets={lora_targets!r}: the TRL peer maps only {', '.join(LORA_MODULES)}")
-        peft_config = peft.LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0, bias="none",
-                                      target_modules=LORA_MODULES[lora_targets], task_type="CAUSAL_LM")
+    peft_config = lora_config(lora_rank, lora_alpha, lora_targets)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir or model_dir))
     columns = sorted({k for p in prompts for k in p} - {"prompt"})
     recorder = timing_callback()

@@ -31,6 +31,18 @@ LORA_MODULES = {
     "mlp": ["gate_proj", "up_proj", "down_proj"],
     "all_linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
+
+
+def lora_config(lora_rank: int, lora_alpha: float, lora_targets: str):
+    """The `peft.LoraConfig` matching our peft.lora_* settings (None without LoRA)."""
+    if not lora_rank:
+        return None
+    import peft
+
+    if lora_targets not in LORA_MODULES:
+        raise UserError(f"lora_targets={lora_targets!r}: the TRL peer maps only {', '.join(LORA_MODULES)}")
+    return peft.LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0, bias="none",
+                           target_modules=LORA_MODULES[lora_targets], task_type="CAUSAL_LM")
 OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
 
 
@@ -161,14 +173,7 @@ def trl_dpo_steps(model_dir: str | Path, tokenizer_dir: str | Path | None, pairs
 
     if threads:
         torch.set_num_threads(threads)
-    peft_config = None
-    if lora_rank:
-        import peft
-
-        if lora_targets not in LORA_MODULES:
-            raise UserError(f"lora_targets={lora_targets!r}: the TRL peer maps only {', '.join(LORA_MODULES)}")
-        peft_config = peft.LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0, bias="none",
-                                      target_modules=LORA_MODULES[lora_targets], task_type="CAUSAL_LM")
+    peft_config = lora_config(lora_rank, lora_alpha, lora_targets)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir or model_dir))
     recorder = timing_callback()
     with tempfile.TemporaryDirectory() as out:
