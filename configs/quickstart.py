@@ -6,8 +6,8 @@ Run (after `llm data builtin`, `llm data curate` and `llm tokenizer train`, as t
       --config.data.path=runs/quickstart/curated/manifest.json \
       --config.data.tokenizer=runs/quickstart/pretrain/tokenizer/tokenizer.model
 Expect: the held-out loss falls from ~6.9 (uniform over 1024 tokens) to about 3 nats per token.
-Measured 2026-12-04 (`bash launch/local.sh`, 2-core AMD EPYC VM, no other job): this stage 257 s,
-eval loss 3.08 at step 1000; the whole main job 8 min 0 s (the reward-model stage 96 s, LoRA DPO 79 s).
+Measured 2026-12-04 (`bash launch/local.sh`, 2-core AMD EPYC VM, no other job): this stage 243 s,
+eval loss 3.08 at step 1000; the whole main job 7 min 32 s (the reward-model stage 91 s, LoRA DPO 75 s).
 """
 
 from pathlib import Path
