@@ -78,3 +78,11 @@ def test_rollout_batches_train_at_their_longest_row_rounded_up():
     assert trimmed_length(seg, 256) == 160 and trimmed_length(seg, 256, loss_chunk=64) == 192
     assert trimmed_length(np.zeros((2, 64), np.int32), 64) == 16
     assert trimmed_length(seg[:1], 256, loss_chunk=24) == 24  # a whole chunk, not 32 (24 would not divide it)
+
+
+def test_completions_that_never_stop_lose_the_missing_eos_penalty():
+    from llm.rl.completions import penalize_unfinished
+
+    out = penalize_unfinished(np.array([1.0, np.nan, 0.5, 0.25]), np.array([True, False, False, True]), 1.0)
+    np.testing.assert_array_equal(out, np.array([1.0, np.nan, -0.5, 0.25], np.float32))
+    np.testing.assert_array_equal(penalize_unfinished(np.array([0.5]), np.array([False]), 0.0), [0.5])

@@ -31,7 +31,7 @@ from llm.finetune.recipe import full_tree
 from llm.generate.generator import Generator
 from llm.generate.sampling import SamplingOptions
 from llm.rl.advantages import group_advantages
-from llm.rl.completions import cut_completion
+from llm.rl.completions import cut_completion, penalize_unfinished
 from llm.rl.logprobs import token_logprobs
 from llm.rl.prompts import PromptStream, encode_prompt, prompt_encoder, stop_strings, stop_token_sequences
 from llm.rl.rewards import RewardRunner
@@ -249,10 +249,8 @@ class Rollouts:
             batch[key] = np.asarray(value, np.float32)
         reference_time = (t2 - t1) + (time.perf_counter() - t3)
 
-        rewards = np.asarray(scores.total, np.float32).copy()
         ended = np.asarray([c.ended for c in cut])
-        if float(rl.missing_eos_penalty):
-            rewards[~ended] -= float(rl.missing_eos_penalty)
+        rewards = penalize_unfinished(scores.total, ended, float(rl.missing_eos_penalty))
         metrics = self._metrics(rewards, scores, cut, ended, new_tokens, rollout_time, reward_time, reference_time, batch)
         return Rollout(step=step, rows=rows, cut=cut, batch=batch, rewards=rewards, metrics=metrics)
 

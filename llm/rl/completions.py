@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import numpy as np
+
 from llm.data.tokenizer import Tokenizer
 
 
@@ -48,3 +50,12 @@ def cut_completion(tokenizer: Tokenizer, tokens: Sequence[int], stops: Sequence[
         keep = _decoded_length(tokenizer, body, at + len(stop))
         return CutCompletion(tokens=body[:keep], text=text[:at], ended=True)
     return CutCompletion(tokens=tokens, text=text, ended=ended)
+
+
+def penalize_unfinished(rewards: np.ndarray, ended: np.ndarray, penalty: float) -> np.ndarray:
+    """Rewards minus `penalty` where the completion never stopped (rl.missing_eos_penalty, as
+    TRL's); unscorable (NaN) rewards stay NaN."""
+    out = np.asarray(rewards, np.float32).copy()
+    if penalty:
+        out[~np.asarray(ended, bool)] -= np.float32(penalty)
+    return out
