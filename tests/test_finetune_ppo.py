@@ -224,7 +224,7 @@ def test_ppo_raises_the_reward_models_score(models, value_model):
     falls instead: 0.10 -> 1.91 of -score, so the rise is the reward's doing, not drift; separate:
     measured -0.10 -> 2.17, and with the reward negated 0.10 -> 0.97 of -score)."""
     work = models["root"] / f"run_{value_model}"
-    common = ["--config", "configs/ppo_tiny.py", "--init-from", str(models["policy"]), "--config.rl.task=addition",
+    common = ["--config", "configs/ppo_tiny.py", "--init-from", str(models["policy"]), "--config.rl.task=addition", "--config.rl.prompts_per_step=4",
               "--config.rl.max_prompt_tokens=48", "--config.rl.max_new_tokens=16", "--config.rl.eval_prompts=32", *FAST]
     (code, err), (bad, bad_err) = llm_session(
         ["ppo", "--workdir", str(work), "--reward-model", str(models["rm"]), *common, "--config.train.steps=64",
@@ -259,7 +259,7 @@ def test_separate_critic_resumes_exactly(models):
     rollout) and resumed to step 6 logs the losses of an uninterrupted 6-step run. Its values
     feed the later rollouts' advantages, so a critic restored wrong would change them."""
     args = ["--config", "configs/ppo_tiny.py", "--init-from", str(models["policy"]), "--reward-model", str(models["rm"]),
-            "--config.rl.task=addition", "--config.rl.max_prompt_tokens=48", "--config.rl.max_new_tokens=16",
+            "--config.rl.task=addition", "--config.rl.prompts_per_step=4", "--config.rl.max_prompt_tokens=48", "--config.rl.max_new_tokens=16",
             "--config.rl.eval_prompts=4", "--config.rl.num_ppo_epochs=1", "--config.rl.value_model=separate",
             "--config.train.eval_every=0", "--config.train.log_every=1", "--config.optim.lr=3e-3", *FAST]
     whole, parts = models["root"] / "whole", models["root"] / "parts"
