@@ -19,12 +19,11 @@ False), each repeated num_generations times, as TRL's RepeatSampler does. Run it
 
 from __future__ import annotations
 
-import importlib
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from llm.bench.trl_peer import lora_config, offline, peak_rss_bytes, timing_callback, training_args
 from llm.errors import UserError
