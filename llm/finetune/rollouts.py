@@ -104,10 +104,10 @@ class Rollouts:
         self.stops = stop_strings(config)
         self.stop_sequences = stop_token_sequences(tokenizer, self.stops)
         self.eos = tokenizer.eos_id if config.data.add_eos else None
+        self.stop_tokens = [self.eos] if self.eos is not None else []
         self.stream = PromptStream(len(task.train), int(config.data.seed))
         self.buffer: list[tuple[dict, dict]] = []
         self.served = 0
-        self.keys = rollout_keys(config)
         self.keep_old = keeps_old_logps(config)
         self.lora = int(config.peft.lora_rank) > 0
         self.reference: Any = None  # full fine-tuning with beta > 0: the start weights (on_start)
@@ -148,7 +148,7 @@ class Rollouts:
             raise UserError("the RL task has no held-out prompts; raise rl.held_out (or set data.eval_path)")
         generator = self._generator(setup, params, frozen)
         completions = generator.generate(
-            self.eval_ids, max_new_tokens=int(self.config.rl.max_new_tokens), stop_tokens=[self.eos] if self.eos is not None else (),
+            self.eval_ids, max_new_tokens=int(self.config.rl.max_new_tokens), stop_tokens=self.stop_tokens,
             stop_sequences=self.stop_sequences, params=full_tree(params, frozen, self.runtime(None)),
         )
         cut = [cut_completion(self.tokenizer, c.tokens, self.stops, self.eos) for c in completions]
@@ -226,7 +226,7 @@ class Rollouts:
         t0 = time.perf_counter()
         completions = generator.generate(
             prompt_ids, max_new_tokens=int(rl.max_new_tokens), options=self.options,
-            stop_tokens=[self.eos] if self.eos is not None else (), stop_sequences=self.stop_sequences,
+            stop_tokens=self.stop_tokens, stop_sequences=self.stop_sequences,
             seed=rollout_seed(config.train.seed, step), return_logprobs=True, logprobs_at_temperature=True,
             params=full_tree(state.params, frozen, self.runtime(None)),
         )
