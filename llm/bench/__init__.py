@@ -116,6 +116,17 @@ TARGETS: dict[str, Target] = {
                 _option("--model", "take the model shape from this config instead (e.g. configs/small.py)", default=None),
                 _option("--out", "the shared HF model, our workdir, bench.md and bench.json", default="runs/bench_grpo"),
                 JSON)),
+        Target("eval", "llm eval vs lm-evaluation-harness (hf backend, PyTorch CPU) on the built-in tasks: items/s and identical scores",
+               "llm.bench.eval",
+               (CONFIG, _option("--vs-lm-eval", "also run lm-eval's hf backend (f32, and bf16 where the CPU has AMX / AVX-512 BF16)",
+                                action="store_true"),
+                _option("--limit", "items per task", type=int, default=100),
+                _option("--tasks", "built-in tasks to time (comma-separated)",
+                        default="builtin_next_line,builtin_docstring_name,builtin_perplexity,builtin_docstring_body"),
+                _option("--batch-sizes", "lm-eval batch sizes to try (its best is the peer figure)", default="1,8,32"),
+                _option("--batch-size", "our requests per forward pass", type=int, default=16),
+                _option("--out", "the HF model, the task files, bench.md and bench.json", default="runs/bench_eval"),
+                JSON)),
     )
 }
 
