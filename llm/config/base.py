@@ -199,11 +199,27 @@ def base_config() -> ml_collections.ConfigDict:
     p.quant_block = 64  # values per quantization scale, along each kernel's input dimension
     p.freeze = ()  # regexes of parameter paths not trained, e.g. ("^embed$", "^blocks/0/")
 
+    # Evaluation during training (llm.train.task_eval): lm-eval task files scored on the current
+    # weights, and early stopping on any eval metric. Works in `llm train` / sft / dpo / grpo / ...
+    c.eval = ml_collections.ConfigDict()
+    e = c.eval
+    e.tasks = ""  # comma-separated lm-eval task YAMLs (or directories of them) and/or "builtin"; "" = none
+    e.every_steps = 0  # run the tasks every N steps (and at the last step); 0 = never
+    e.limit = 0.0  # documents per task: 0 = all, N >= 1 = the first N, a fraction < 1 = that share (lm-eval --limit)
+    e.num_fewshot = -1  # -1 = each task's own num_fewshot
+    e.batch_size = 16  # requests per forward pass
+    # The metric early stopping watches: "eval_loss", any key the run's evaluation logs (RL:
+    # "eval_reward"), or a task metric "<task>/<metric>,<filter>" (e.g. "builtin_next_line/acc,none",
+    # logged as "eval/builtin_next_line/acc,none").
+    e.early_stop_metric = "eval_loss"
+    e.early_stop_mode = "auto"  # auto (tasks: the metric's higher_is_better; losses: lower) | max | min
+    e.patience = 0  # evals of that metric without improving before stopping; 0 = finetune.patience (0 = never)
+
     # Fine-tuning recipes (llm.finetune, `llm sft` / `llm classify`).
     c.finetune = ml_collections.ConfigDict()
     f = c.finetune
     f.task = "sft"  # sft | classification | reward (`llm rm`) | dpo (`llm dpo`) | grpo | ppo
-    f.patience = 0  # evals without a lower eval loss before stopping early; 0 = never stop early
+    f.patience = 0  # evals without a better eval.early_stop_metric (eval loss) before stopping; 0 = never
     f.num_labels = 0  # classification: 0 = from the data (the manifest's labels, else max label + 1)
     f.label_field = "label"  # classification records: {data.text_field: str, label_field: int}
     f.export_merged = True  # write <workdir>/merged: the fine-tuned weights as a params-only checkpoint

@@ -18,6 +18,7 @@ _CHOICES = {
     "data.packing": ("first_fit", "concat"),
     "optim.decay": ("cosine", "linear", "constant"),
     "train.nan_policy": ("stop", "skip"),
+    "eval.early_stop_mode": ("auto", "max", "min"),
 }
 
 
@@ -65,6 +66,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"data.batch_size={config.data.batch_size} is not divisible by train.grad_accum={t.grad_accum}"
         )
+    _validate_eval(config.eval)
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         if size == 0 or size < -1:
@@ -75,3 +77,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         for axis in axes:
             if axis not in ("data", "fsdp", "tensor"):
                 raise ConfigError(f"mesh.rules.{name} names mesh axis {axis!r}; use data, fsdp or tensor")
+
+
+def _validate_eval(e: ml_collections.ConfigDict) -> None:
+    """In-training task eval: both halves set or neither (a half-set one would be silently off)."""
+    if e.every_steps < 0 or e.batch_size < 1 or e.limit < 0 or e.num_fewshot < -1 or e.patience < 0:
+        raise ConfigError(
+            "eval.every_steps, eval.limit and eval.patience must be >= 0, eval.batch_size >= 1, "
+            "eval.num_fewshot >= 0 or -1 (the task's own)"
+        )
+    if e.tasks.strip() and not e.every_steps:
+        raise ConfigError(f"eval.tasks={e.tasks!r} is set but eval.every_steps=0; set eval.every_steps=N to run them every N steps")
+    if e.every_steps and not e.tasks.strip():
+        raise ConfigError(f"eval.every_steps={e.every_steps} but eval.tasks is empty; set eval.tasks=builtin or task YAML paths")

@@ -16,7 +16,6 @@ import ml_collections
 from flax import nnx
 
 from llm.finetune.cost import cost_report, from_metrics, method_name, write_cost
-from llm.finetune.early_stop import EarlyStopping
 from llm.finetune.outputs import write_outputs
 from llm.finetune.start import copy_config
 from llm.model.build import abstract_model
@@ -85,6 +84,7 @@ def build_partition(config: ml_collections.ConfigDict, spec: PeftSpec, info: Lor
         apply=apply,
         loss_fn=lambda graphdef: task.loss_fn(graphdef, runtime, True),
         eval_loss_fn=lambda graphdef: task.loss_fn(graphdef, runtime, False),
+        model_params=lambda trainable, frozen: full_tree(trainable, frozen, runtime(None)),
     )
 
 
@@ -130,7 +130,6 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str | Path, task: T
     hooks = RunHooks(
         partition=partition,
         make_batches=task.make_batches,
-        should_stop=EarlyStopping(config.finetune.patience, workdir / "metrics.jsonl") if config.finetune.patience else None,
         on_finish=on_finish,
         eval_at_start=True,
         on_start=task.on_start,

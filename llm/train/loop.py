@@ -25,11 +25,13 @@ from llm.checkpoint.manager import Checkpointer
 from llm.errors import UserError
 from llm.parallel.distributed import initialize as initialize_distributed
 from llm.pytree import abstract_like
+from llm.train.early_stop import EarlyStopping, early_stopping
 from llm.train.init_sources import init_params_hook
 from llm.train.flops import device_peak_flops, flops_per_token
 from llm.train.metrics import MetricsLog, plot_loss_curve
 from llm.train.setup import TrainSetup, build_partitioned_setup, build_setup
 from llm.train.step import TrainState
+from llm.train.task_eval import TaskEval
 from llm.train.timed_saves import timed_saves
 from llm.train.workdir import prepare_workdir, setup_logging
 
@@ -51,7 +53,9 @@ class RunHooks:
     tokenizer_fingerprint: str | None = None
     # Fine-tuning (all optional; pretraining leaves them unset):
     partition: Any = None  # llm.train.partition.Partition: what is trained; frozen weights are re-derived, never checkpointed
-    should_stop: Callable | None = None  # (step, eval result) -> bool, asked after each eval (early stopping)
+    # (step, eval result) -> bool, asked after each eval; None: from the config (eval.patience /
+    # finetune.patience on eval.early_stop_metric, llm.train.early_stop)
+    should_stop: Callable | None = None
     on_finish: Callable | None = None  # (setup, state, frozen, summary) -> dict | None, merged into summary.json
     eval_at_start: bool = False  # evaluate the start weights before the first step (summary: start_eval_loss)
     # (setup, state, frozen) -> None, after the start weights are in place and before any step or
@@ -68,6 +72,10 @@ class RunHooks:
     # Metrics shown in the progress bar besides loss / tok/s / MFU (RL: reward, KL, clip fraction,
     # rollout vs train time), when a log step has them.
     progress_keys: tuple[str, ...] = ()
+    # Scores lm-eval tasks on the current weights: due(step, total) -> bool, (graphdef, params) ->
+    # {"eval/<task>/<metric>,<filter>": value}, higher_is_better. None: TaskEval when
+    # eval.every_steps is set (llm.train.task_eval).
+    task_eval: Any = None
 
 
 class _NonFiniteGuard:
@@ -168,8 +176,45 @@ def evaluate(setup: TrainSetup, params, frozen, batches: Iterator, steps: int) -
 def _eval_line(result: dict) -> str:
     """'eval loss 2.1, perplexity 8.1, rewards/accuracies 0.7' (a run without a loss: 'eval
     reward 0.4, success 0.2')."""
-    names = sorted((k for k in result if k.startswith("eval_") and k != "eval_tokens"), key=lambda k: k != "eval_loss")
+    names = sorted((k for k in result if k.startswith(("eval_", "eval/")) and k != "eval_tokens"), key=lambda k: k != "eval_loss")
     return "eval " + ", ".join(f"{k[len('eval_'):]} {result[k]:.4g}" for k in names)
+
+
+def _merge(a: Any, b: Any) -> Any:
+    """Union of two nested dicts with disjoint leaves (the trainable and frozen parts)."""
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _merge(out[key], value) if key in out else value
+    return out
+
+
+def model_params(setup: TrainSetup, params: Any, frozen: Any) -> Any:
+    """The whole tree `setup.graphdef` merges with: the trainable params, plus the frozen part
+    (and what else the partition's model needs, e.g. LoRA-dropout leaves) when there is one."""
+    if setup.partition is None:
+        return params
+    if setup.partition.model_params is not None:
+        return setup.partition.model_params(params, frozen)
+    return _merge(params, frozen)
+
+
+def _stopping(config: ml_collections.ConfigDict, workdir: Path, hooks: RunHooks, task_eval: Any) -> Callable | None:
+    """The run's early stopping: the hook's, else from the config; a task metric without task
+    evals is an error, a loss without loss evals a warning (older configs turn evals off so)."""
+    if hooks.should_stop is not None:
+        return hooks.should_stop
+    stop = early_stopping(config, workdir / "metrics.jsonl", task_eval.higher_is_better if task_eval is not None else None)
+    if stop is None:
+        return None
+    if stop.metric.startswith("eval/") and task_eval is None:
+        raise UserError(
+            f"eval.early_stop_metric={config.eval.early_stop_metric!r} is a task metric but no tasks run; "
+            "set eval.tasks and eval.every_steps"
+        )
+    if not stop.metric.startswith("eval/") and not config.train.eval_every:
+        log.warning("early stopping on %s is off: train.eval_every=0 (set it to evaluate)", stop.metric)
+        return None
+    return stop
 
 
 def _load_partitioned(setup: TrainSetup, hooks: RunHooks) -> tuple[Any, Any, str]:
@@ -239,6 +284,8 @@ def run_training(
     log.info("start: %s", source)
     if hooks.on_start is not None:
         hooks.on_start(setup, state, frozen)
+    task_eval = hooks.task_eval if hooks.task_eval is not None else (TaskEval(config, workdir) if config.eval.every_steps else None)
+    should_stop = _stopping(config, workdir, hooks, task_eval)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     log.info("model: %s, %.2fM trainable parameters, mesh %s", config.model.family, n_params / 1e6, dict(setup.mesh.shape))
     peak, peak_source = device_peak_flops(measure_cpu=config.train.measure_peak)
@@ -284,16 +331,22 @@ def run_training(
         saved_now.append(at)
         timed.saved(at)
 
-    def run_eval() -> dict:
-        if hooks.evaluate is not None:
-            return hooks.evaluate(setup, state.params, frozen)
-        eval_batches = make_batches(config, "validation", jax.process_index(), jax.process_count())
-        return evaluate(setup, state.params, frozen, eval_batches, config.train.eval_steps)
+    def run_eval(loss: bool = True, tasks: bool = False) -> dict:
+        """The held-out loss (or the run's own evaluation) and/or the lm-eval tasks."""
+        result = {}
+        if loss and hooks.evaluate is not None:
+            result.update(hooks.evaluate(setup, state.params, frozen))
+        elif loss:
+            eval_batches = make_batches(config, "validation", jax.process_index(), jax.process_count())
+            result.update(evaluate(setup, state.params, frozen, eval_batches, config.train.eval_steps))
+        if tasks:
+            result.update(task_eval(setup.graphdef, model_params(setup, state.params, frozen)))
+        return result
 
-    if hooks.eval_at_start and config.train.eval_every and step == 0 and step < total:
-        result = run_eval()
+    if hooks.eval_at_start and (config.train.eval_every or task_eval is not None) and step == 0 and step < total:
+        result = run_eval(bool(config.train.eval_every), task_eval is not None)
         metrics_log.write(0, result)
-        summary.update({f"start_{k}": v for k, v in result.items() if k.startswith("eval_") and k != "eval_tokens"})
+        summary.update({f"start_{k}": v for k, v in result.items() if k.startswith(("eval_", "eval/")) and k != "eval_tokens"})
         log.info("step 0: %s (start weights)", _eval_line(result))
     host_sums: dict[str, float] = {}
     host_steps = 0
@@ -351,15 +404,18 @@ def run_training(
                     if key in values:
                         postfix[key.split("/")[-1]] = f"{values[key]:.3g}"
                 bar.set_postfix(postfix)
-            if config.train.eval_every and (step % config.train.eval_every == 0 or step == total):
-                result = run_eval()
+            loss_due = bool(config.train.eval_every) and (step % config.train.eval_every == 0 or step == total)
+            tasks_due = task_eval is not None and task_eval.due(step, total)
+            if loss_due or tasks_due:
+                result = run_eval(loss_due, tasks_due)
                 metrics_log.write(step, result)
                 last.update(result)
                 log.info("step %d: %s", step, _eval_line(result))
                 window_start = time.perf_counter()  # eval time is not training time
-                if hooks.should_stop is not None and step < total and hooks.should_stop(step, result):
+                if should_stop is not None and step < total and should_stop(step, result):
                     save(step)
-                    log.info("early stop at step %d (eval loss stopped improving)", step)
+                    what = should_stop.describe() if isinstance(should_stop, EarlyStopping) else "the eval"
+                    log.info("early stop at step %d (%s stopped improving)", step, what)
                     summary.update(early_stopped=True)
                     break
             if timed.due(step) or (every and step % every == 0):

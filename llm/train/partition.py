@@ -31,3 +31,6 @@ class Partition:
     apply: ApplyFn
     loss_fn: Callable[[nnx.GraphDef], Callable]
     eval_loss_fn: Callable[[nnx.GraphDef], Callable] | None = None
+    # (trainable, frozen) -> the whole tree the transformed graphdef merges with for inference
+    # (in-training task eval); None: the union of the two
+    model_params: Callable[[Any, Any], Any] | None = None

@@ -35,7 +35,7 @@ CHECKPOINTS = "checkpoints"
 # checkpoint stores the weights (STORED_LAYOUT_KEYS) stay the run's identity.
 RESUMABLE_KEYS = (
     "train.steps", "train.log_every", "train.eval_every", "train.eval_steps", "train.measure_peak", "train.grad_accum",
-    "checkpoint", "data.num_workers", "distributed", "mesh",
+    "checkpoint", "data.num_workers", "distributed", "mesh", "eval",
     *(f"model.{key}" for key in LAYOUT_KEYS if key not in STORED_LAYOUT_KEYS),
 )
 # What the run keeps in its workdir, and whether each is a directory.
