@@ -129,13 +129,8 @@ class EarlyStopping:
 
 
 def patience_of(config: ml_collections.ConfigDict) -> int:
-    """eval.patience, else finetune.patience (the older name, for the eval loss)."""
-    new, old = int(config.eval.patience), int(config.finetune.patience)
-    if new and old and new != old:
-        raise ConfigError(
-            f"eval.patience={new} and finetune.patience={old} disagree; set only eval.patience"
-        )
-    return new or old
+    """eval.patience when set, else finetune.patience (the older key, which presets set)."""
+    return int(config.eval.patience) or int(config.finetune.patience)
 
 
 def early_stopping(config: ml_collections.ConfigDict, metrics_path: Path | None,
