@@ -327,12 +327,13 @@ def _numeric(text: str) -> bool:
         return False
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right_columns: Sequence[int] = ()) -> str:
     """pytablewriter's markdown look: headers centred, numbers right-aligned (the separator marks
-    a column of numbers only)."""
+    a column of numbers only); `right_columns` are right-aligned whatever they hold."""
     cells = [[str(c) for c in row] for row in rows]
     widths = [max([3, len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    right = [bool([r[i] for r in cells if r[i].strip()]) and all(_numeric(r[i]) for r in cells if r[i].strip()) for i in range(len(headers))]
+    right = [i in right_columns or (bool([r[i] for r in cells if r[i].strip()]) and all(_numeric(r[i]) for r in cells if r[i].strip()))
+             for i in range(len(headers))]
 
     def centred(text: str, width: int) -> str:
         pad = width - len(text)
@@ -341,7 +342,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["|" + "|".join(centred(h, w) for h, w in zip(headers, widths)) + "|"]
     lines.append("|" + "|".join("-" * (w - 1) + ":" if r else "-" * w for w, r in zip(widths, right)) + "|")
     for row in cells:
-        lines.append("|" + "|".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(row, widths)) + "|")
+        lines.append("|" + "|".join(c.rjust(w) if _numeric(c) or i in right_columns else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) + "|")
     return "\n".join(lines) + "\n"
 
 
