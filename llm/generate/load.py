@@ -90,6 +90,15 @@ def checkpoint_tokenizer(directory: str | Path, config: ml_collections.ConfigDic
 
 def load_for_generation(directory: str | Path, config: ml_collections.ConfigDict) -> LoadedModel:
     """Restore the params directly into their shardings on the mesh the config describes."""
+    graphdef, params = load_model_params(directory, config)
+    tokenizer = checkpoint_tokenizer(directory, config)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    return LoadedModel(config, tokenizer, Generator(graphdef, params, pad_id=pad))
+
+
+def load_model_params(directory: str | Path, config: ml_collections.ConfigDict) -> tuple:
+    """(graphdef, params) of a checkpoint, workdir or Hugging Face directory, restored directly
+    into their shardings on the mesh the config describes (evaluation scores these params)."""
     mesh = build_mesh(config.mesh)
     rules = AxisRules.from_config(config.mesh.rules, mesh)
     spec = model_spec(config, vocab_shards=rules.shards("vocab"))
@@ -107,6 +116,4 @@ def load_for_generation(directory: str | Path, config: ml_collections.ConfigDict
         params = jax.device_put(params, shardings)
     else:
         _, params = load_params(directory, shardings)
-    tokenizer = checkpoint_tokenizer(directory, config)
-    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    return LoadedModel(config, tokenizer, Generator(graphdef, params, pad_id=pad))
+    return graphdef, params

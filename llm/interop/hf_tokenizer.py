@@ -86,15 +86,17 @@ class HFTokenizer:
             raise UserError(f"{self.source}: {key}={content!r} is not in the vocabulary of {TOKENIZER_JSON}")
         return int(i)
 
-    def encode(self, text: str) -> list[int]:
-        """Ids without BOS/EOS (special-token strings in the text still map to their ids)."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Ids without BOS/EOS (special-token strings in the text still map to their ids);
+        add_special_tokens: with those the tokenizer's post-processor adds, as transformers'
+        default `encode` (what lm-eval's HF backend scores)."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def encode_array(self, text: str) -> np.ndarray:
         return np.asarray(self.encode(text), dtype=np.int32)
 
-    def decode(self, ids: Sequence[int]) -> str:
-        text = self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        text = self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
         if self.clean_up_spaces:
             for old, new in _CLEANUPS:
                 text = text.replace(old, new)
