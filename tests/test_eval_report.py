@@ -3,7 +3,6 @@
 import json
 from dataclasses import dataclass, field
 
-import pytest
 
 from llm.cli.main import main
 from llm.eval.report import compare_results_table, write_report

@@ -110,24 +110,22 @@ def _raw_samples():
     return [mc, gen]
 
 
-def test_samples_jsonl_is_what_lm_evals_tracker_writes(tmp_path):
-    from lm_eval.loggers import EvaluationTracker
+def test_samples_jsonl_is_lm_evals_logged_samples(tmp_path):
     from lm_eval.utils import handle_non_serializable, hash_string
 
     raw = _raw_samples()
-    theirs = copy.deepcopy(raw)
-    for s in theirs:  # as lm_eval.evaluator logs them
+    theirs = []
+    for s in copy.deepcopy(raw):  # built as lm_eval.evaluator logs a sample: hashes after "metrics", then the values
+        values = {m: s.pop(m) for m in s["metrics"]}
         s.update(doc_hash=hash_string(json.dumps(s["doc"], indent=2, default=handle_non_serializable, ensure_ascii=False)),
                  prompt_hash=hash_string(s["arguments"][0][0]), target_hash=hash_string(str(s["target"])))
-    tracker = EvaluationTracker(output_path=str(tmp_path / "lm_eval" / "results.json"))
-    tracker.date_id = "now"
-    tracker.save_results_samples(task_name="toy", samples=theirs)
-    expected = (tmp_path / "lm_eval" / "samples_toy_now.jsonl").read_text().splitlines()
+        theirs.append({**s, **values})
+    expected = [json.dumps(s, default=handle_non_serializable, ensure_ascii=False) for s in theirs]
 
     result = TaskResult("toy", Scores({"acc,none": 1.0}, {"acc": True}, raw), {}, 0, 0, 2, 2, 0.1)
     path = write_samples(result, tmp_path / "ours")
     assert path.name == "samples_toy.jsonl"
-    assert path.read_text().splitlines() == expected
+    assert path.read_text().splitlines() == expected  # same keys, same order, same values
     assert raw == _raw_samples()  # the in-memory samples are left as they were
     doc = results_document([result], model_source="llm", model_args={})
     assert doc["task_hashes"]["toy"] == hash_string("".join(s["doc_hash"] + s["prompt_hash"] + s["target_hash"] for s in theirs))
@@ -141,7 +139,7 @@ def test_numpy_values_become_plain_json(tmp_path):
                         {"num_fewshot": np.int64(0)}, 0, 0, 1, 1, 0.1)
     line = json.loads(write_samples(result, tmp_path).read_text())
     assert line["doc"] == {"x": 0.5, "ids": [0, 1]} and line["doc_id"] == 3 and line["acc"] == 1.0
-    assert line["resps"] == [[["-0.5", "True"]]] and line["target"] == "1"
+    assert line["resps"] == [[[-0.5, True]]] and line["filtered_resps"] == [[-0.5, True]] and line["target"] == 1
     write_results(results_document([result], model_source="llm", model_args={}), tmp_path / "results.json")
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["results"]["np"]["acc,none"] == 1.0 and doc["higher_is_better"]["np"] == {"acc": True}

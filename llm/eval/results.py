@@ -11,9 +11,12 @@ are replaced by `llm_version`. A robustness run adds a top-level `robustness` se
 readers ignore unknown keys): per perturbed task, the clean scores and the drop.
 
 Samples go to `samples_<task>.jsonl` (a stable name, rewritten by each run, unlike lm-eval's
-`samples_<task>_<date>.jsonl`), one line per item in lm-eval's sanitised layout: arguments as
-{"gen_args_i": {"arg_j": ...}}, resps and filtered_resps as nested lists of strings, target as a
-string, with doc_hash / prompt_hash / target_hash.
+`samples_<task>_<date>.jsonl`), one line per logged sample in the layout lm-eval's evaluator
+logs them (`simple_evaluate(..., log_samples=True)["samples"][task]`: doc_id, doc, target,
+arguments, resps, filtered_resps, filter, metrics, doc_hash, prompt_hash, target_hash, then the
+per-item metric values), JSON-safe: tuples become lists, numpy values Python numbers. lm-eval's
+own samples file stringifies arguments/resps for Arrow; we keep the numbers (log-likelihoods,
+is_greedy) so the files compare item by item.
 """
 
 from __future__ import annotations
@@ -226,23 +229,18 @@ def write_results(doc: dict, path: Path) -> None:
     _atomic_write(Path(path), _dumps(doc, indent=2) + "\n")
 
 
-def _strings(value: Any) -> Any:
-    """lm-eval's sanitize_list: nested lists/tuples kept, every leaf made a string."""
-    if isinstance(value, (list, tuple)):
-        return [_strings(v) for v in value]
-    return str(plain(value))
-
-
-def sanitize_sample(sample: dict) -> dict:
-    """One sample as lm-eval writes it to its samples JSONL (a copy; the input is not changed)."""
-    out = dict(sample)
-    out.update({k: v for k, v in _sample_hashes(sample).items() if k not in sample})
-    args = sample.get("arguments", [])
-    if not isinstance(args, dict):
-        out["arguments"] = {f"gen_args_{i}": {f"arg_{j}": plain(a) for j, a in enumerate(arg)} for i, arg in enumerate(args)}
-    out["resps"] = _strings(sample.get("resps", []))
-    out["filtered_resps"] = _strings(sample.get("filtered_resps", []))
-    out["target"] = str(plain(sample.get("target")))
+def sample_record(sample: dict) -> dict:
+    """One sample as a JSON line: lm-eval's logged-sample layout (what simple_evaluate returns
+    under "samples": arguments as lists, resps as numbers), tuples and numpy values made plain,
+    doc_hash / prompt_hash / target_hash added after "metrics" where missing (a copy; the input
+    is not changed)."""
+    hashes = {k: v for k, v in _sample_hashes(sample).items() if k not in sample}
+    out: dict = {}
+    for key, value in sample.items():
+        out[key] = plain(value)
+        if key == "metrics":
+            out.update(hashes)
+    out.update({k: v for k, v in hashes.items() if k not in out})
     return out
 
 
@@ -253,7 +251,7 @@ def samples_path(task_name: str, directory: Path) -> Path:
 def write_samples(task_result: TaskResult, directory: Path) -> Path:
     """samples_<task>.jsonl (atomic), one line per logged sample in lm-eval's layout."""
     path = samples_path(task_result.name, directory)
-    lines = [_dumps(sanitize_sample(s)) + "\n" for s in task_result.scores.samples]
+    lines = [_dumps(sample_record(s)) + "\n" for s in task_result.scores.samples]
     _atomic_write(path, "".join(lines))
     return path
 
