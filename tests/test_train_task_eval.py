@@ -1,6 +1,7 @@
 """In-training task eval: the loop scores tasks at eval.every_steps, logs them as
 eval/<task>/<metric>,<filter> (metrics.jsonl and TensorBoard) and stops early on a named metric."""
 
+import json
 from types import SimpleNamespace
 
 import jax
@@ -75,3 +76,46 @@ def test_task_metrics_keys_and_directions():
     values, higher = task_metrics([SimpleNamespace(name="t", scores=scores)])
     assert values == {"eval/t/acc,none": 0.5, "eval/t/acc_norm,none": 0.25}
     assert higher == {"eval/t/acc,none": True, "eval/t/acc_norm,none": True}
+
+
+TEXT = "The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs."
+
+
+def write_tasks(directory, text: str = TEXT) -> tuple:
+    """Two lm-eval task files over local JSON data on `text`: which word follows (multiple
+    choice) and the log-likelihood of the next word (perplexity; the byte tokenizer has no BOS
+    for rolling windows)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    words = text.split()
+    docs = [{"context": " ".join(words[:i]), "choices": [words[i], words[(i + 3) % len(words)]], "label": 0} for i in range(2, 8)]
+    (directory / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    head = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {directory / 'docs.jsonl'}\ntest_split: test\n"
+    (directory / "mc.yaml").write_text(
+        f"task: tiny_mc\n{head}output_type: multiple_choice\ndoc_to_text: '{{{{context}}}}'\ndoc_to_choice: choices\n"
+        "doc_to_target: label\nmetric_list:\n  - metric: acc\n")
+    (directory / "next.yaml").write_text(
+        f"task: tiny_next\n{head}output_type: loglikelihood\ndoc_to_text: '{{{{context}}}}'\n"
+        "doc_to_target: '{{choices[0]}}'\nmetric_list:\n  - metric: perplexity\n  - metric: acc\n")
+    return directory / "mc.yaml", directory / "next.yaml"
+
+
+def test_llm_eval_tasks_during_training_and_early_stopping_on_one(tmp_path):
+    """tiny memorises TEXT: the perplexity of its next words falls at every eval, so watching it
+    with mode=max (higher is better) stops at the second eval with patience 1."""
+    mc, nxt = write_tasks(tmp_path / "tasks")
+    data = tmp_path / "repeat.jsonl"
+    data.write_text("".join(json.dumps({"text": TEXT}) + "\n" for _ in range(64)))
+    config = tiny_config(
+        "data.source=jsonl", f"data.path={data}", f"data.eval_path={data}", "data.seq_len=64", "train.steps=12",
+        "train.log_every=3", "train.eval_every=0", "train.measure_peak=false", "checkpoint.async_save=false",
+        f"eval.tasks={mc},{nxt}", "eval.every_steps=3", "eval.batch_size=8", "eval.patience=1",
+        "eval.early_stop_metric=tiny_next/perplexity", "eval.early_stop_mode=max",
+    )
+    summary = run_training(config, tmp_path / "run")
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/tiny_next/perplexity,none" in r]
+    assert [r["step"] for r in rows] == [3, 6]
+    assert {"eval/tiny_mc/acc,none", "eval/tiny_next/acc,none"} <= set(rows[0])
+    assert not any("stderr" in key for key in rows[0])
+    assert rows[1]["eval/tiny_next/perplexity,none"] < rows[0]["eval/tiny_next/perplexity,none"]
+    assert summary["early_stopped"] and summary["step"] == 6
+    assert "eval/tiny_next/perplexity,none (higher is better) stopped improving" in (tmp_path / "run" / "train.log").read_text()
