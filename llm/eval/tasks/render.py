@@ -67,6 +67,8 @@ class Renderer:
             return ast.literal_eval(out) if out.isdigit() and self.has_choice else out
         if callable(spec):
             return _call(spec, doc, where, "doc_to_text")
+        if spec is None:
+            raise UserError(f"task {self.task!r}: doc_to_text is not set; add doc_to_text (a field name or a Jinja template)")
         raise UserError(f"task {self.task!r}: doc_to_text {spec!r} must be a field, template, int or !function")
 
     def target(self, doc: dict, spec: Any, where: Where) -> Any:
@@ -88,6 +90,8 @@ class Renderer:
             return spec
         if callable(spec):
             return _call(spec, doc, where, "doc_to_target")
+        if spec is None:
+            raise UserError(f"task {self.task!r}: doc_to_target is not set; add doc_to_target (a field name or a Jinja template)")
         raise UserError(f"task {self.task!r}: doc_to_target {spec!r} must be a field, template, int, list or !function")
 
     def choice(self, doc: dict, spec: Any, where: Where) -> list:
