@@ -1,5 +1,5 @@
 """The built-in suite: held-out, decontaminated, deterministic data, and YAML files that
-lm-eval itself loads and builds requests for (no model needed)."""
+lm-eval itself loads and builds the same requests for as llm.eval.tasks (no model needed)."""
 
 import json
 import os
@@ -13,6 +13,7 @@ from llm.data.sources import stdlib_files, stdlib_root
 from llm.data.split import is_validation
 from llm.errors import UserError
 from llm.eval.builtin import SUMMARY, TASKS, materialize_builtin
+from llm.eval.tasks import load_task
 
 # A few held-out modules (statistics has doctests its own functions pass) and a few training ones.
 SUBSET = ("statistics.py", "bisect.py", "fnmatch.py", "copy.py", "heapq.py", "textwrap.py", "shlex.py", "colorsys.py")
@@ -97,6 +98,7 @@ def test_bad_arguments(tmp_path):
         materialize_builtin(tmp_path / "x", next_line_items=0)
 
 
+@pytest.mark.slow
 def test_lm_eval_loads_and_scores_the_yaml_files(suite, monkeypatch):
     lm_eval_tasks = pytest.importorskip("lm_eval.tasks")
     monkeypatch.setitem(os.environ, "HF_DATASETS_OFFLINE", "1")
@@ -114,6 +116,9 @@ def test_lm_eval_loads_and_scores_the_yaml_files(suite, monkeypatch):
         kind, per_doc = kinds[name]
         assert {i.request_type for i in task.instances} == {kind}
         assert len(task.instances) == per_doc * summary[name]["items"]
+        ours = load_task(out / f"{name}.yaml", num_fewshot=0 if name == "builtin_perplexity" else 2, fewshot_seed=1234)
+        requests = {(r.doc_id, r.idx): (r.kind, r.args) for d in ours.docs() for r in ours.requests(*d)}
+        assert requests == {(i.doc_id, i.idx): (i.request_type, i.arguments) for i in task.instances}, name
     body = next(t for t in loaded.values() if t.config.task == "builtin_docstring_body")
     for right in (True, False):
         for inst in body.instances:
