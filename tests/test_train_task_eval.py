@@ -119,3 +119,27 @@ def test_llm_eval_tasks_during_training_and_early_stopping_on_one(tmp_path):
     assert rows[1]["eval/tiny_next/perplexity,none"] < rows[0]["eval/tiny_next/perplexity,none"]
     assert summary["early_stopped"] and summary["step"] == 6
     assert "eval/tiny_next/perplexity,none (higher is better) stopped improving" in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_lora_sft_scores_tasks_on_the_adapted_weights(tmp_path_factory, tmp_path):
+    """`llm sft` with LoRA: the task metrics logged in training are those of the adapted model
+    (the step-4 score equals `llm eval`'s on the run's merged weights), not of the frozen base."""
+    from finetune_fixtures import FAST, corpus_and_start, llm_session
+    from llm.eval.model import load_eval_model
+    from llm.eval.runner import evaluate_tasks, load_tasks
+
+    manifest, pre = corpus_and_start(tmp_path_factory)
+    mc, nxt = write_tasks(tmp_path / "tasks")
+    run = tmp_path / "lora"
+    [(code, err)] = llm_session(["sft", "--config", "configs/sft_lora_tiny.py", "--workdir", str(run), "--init-from", str(pre),
+                                 "--data", str(manifest), *FAST, "--config.train.steps=4", "--config.train.eval_every=2",
+                                 "--config.train.eval_steps=1", "--config.optim.lr=1e-2", f"--config.eval.tasks={mc},{nxt}",
+                                 "--config.eval.every_steps=2"])
+    assert code == 0, err[-3000:]
+    key = "eval/tiny_next/perplexity,none"
+    rows = {r["step"]: r for r in read_metrics(run / "metrics.jsonl") if key in r}
+    assert sorted(rows) == [0, 2, 4] and "eval_loss" in rows[2]  # the start weights, then every 2 steps beside the loss
+    assert rows[4][key] != rows[0][key]
+    [result] = evaluate_tasks(load_eval_model(run), load_tasks([nxt]))
+    assert abs(result.scores.metrics["perplexity,none"] - rows[4][key]) <= 1e-4 * rows[4][key]
