@@ -31,7 +31,7 @@ from llm.errors import UserError
 TARGET_SPEEDUP = 3.0  # our items/s over lm-eval's best
 DEFAULT_TASKS = ("builtin_next_line", "builtin_docstring_name", "builtin_perplexity", "builtin_docstring_body")
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-EXACT = ("acc", "acc_norm", "exact_match", "pass@1")  # must agree exactly; other metrics to 1e-5 relative
+EXACT = ("acc", "acc_norm", "exact_match", "pass_at_1")  # must agree exactly; other metrics to 1e-5 relative
 
 
 def _task_texts(yaml_paths: Sequence[Path]) -> list[str]:

@@ -29,6 +29,23 @@ def add_parser(subparsers) -> None:
     r.add_argument("--sft-records", type=int, default=0, help="train rows written to sft.jsonl (0 = all)")
     r.set_defaults(func=run_rl_task)
 
+    e = sub.add_parser("eval-suite", help="write the built-in eval suite (held-out, decontaminated data + lm-eval task YAMLs) to DIR")
+    e.add_argument("--out", required=True, help="output directory; run it with `llm eval --tasks DIR` or lm-eval's --include_path DIR")
+    e.add_argument("--corpus", default=None, help="a `llm data builtin` directory or its manifest.json (default: the standard library, split the same way)")
+    e.set_defaults(func=run_eval_suite)
+
+
+def run_eval_suite(args: argparse.Namespace) -> int:
+    from llm.eval.builtin import materialize_builtin
+
+    if args.config_overrides:
+        from llm.errors import UserError
+
+        raise UserError("llm data eval-suite takes no --config.* overrides; use --out / --corpus")
+    for path in materialize_builtin(args.out, corpus=args.corpus):
+        print(path)
+    return 0
+
 
 def run_builtin(args: argparse.Namespace) -> int:
     from llm.data.builtin import build_builtin
