@@ -3,14 +3,12 @@ key and the file), defaults filled as lm_eval/config/task.py TaskConfig/FewshotC
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from llm.errors import UserError
 from llm.eval import metrics as M
 
-log = logging.getLogger("llm")
 
 OUTPUT_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice", "generate_until")
 
