@@ -14,6 +14,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from interop_models import build_hf_model, train_tokenizer
@@ -133,6 +134,13 @@ def _ours(model_dir: Path, tasks: Path, shots: int, out: Path) -> tuple[dict, di
     return results, samples
 
 
+def _tolerance(theirs: float) -> float:
+    """1e-4 absolute; but lm-eval's rolling total of a long document is an f32 sum, and above
+    |2048| one f32 step of it is already more than 1e-4 (2.4e-4 at 3000), so there the bound is
+    that one step: our total (accumulated in f64) must round to lm-eval's value or its neighbour."""
+    return max(1e-4, float(np.spacing(np.float32(abs(theirs)))))
+
+
 def _check_samples(task: str, theirs: list[dict], ours: list[dict]) -> None:
     theirs = sorted(theirs, key=lambda s: s["doc_id"])
     ours = sorted(ours, key=lambda s: s["doc_id"])
@@ -146,7 +154,7 @@ def _check_samples(task: str, theirs: list[dict], ours: list[dict]) -> None:
         for their_resp, our_resp in zip(t["resps"], o["resps"]):
             their_first, our_first = their_resp[0], our_resp[0]
             if task == "parity_rolling":
-                assert abs(our_first - their_first) <= 1e-4, (where, our_first, their_first)
+                assert abs(our_first - their_first) <= _tolerance(their_first), (where, our_first, their_first)
             else:
                 assert abs(our_first[0] - their_first[0]) <= 1e-4, (where, our_first, their_first)
                 assert bool(our_first[1]) == bool(their_first[1]), (where, "is_greedy")

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "dpo",
     "grpo",
     "ppo",
+    "eval",
     "compare",
     "export",
     "generate",
