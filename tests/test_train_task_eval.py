@@ -70,6 +70,13 @@ def test_a_task_metric_without_tasks_is_refused_before_training(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
+def test_a_missing_task_file_stops_the_run_before_its_first_step(tmp_path):
+    config = tiny_config(*FAST, "train.steps=2", f"eval.tasks={tmp_path / 'nope.yaml'}", "eval.every_steps=1")
+    with pytest.raises(UserError, match="nope.yaml' is not a YAML file"):
+        run_training(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not read_metrics(tmp_path / "run" / "metrics.jsonl")
+
+
 def test_task_metrics_keys_and_directions():
     scores = SimpleNamespace(metrics={"acc,none": 0.5, "acc_stderr,none": 0.1, "acc_norm,none": 0.25, "f1,none": "N/A"},
                              higher_is_better={"acc": True, "acc_norm": True})

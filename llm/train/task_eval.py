@@ -45,7 +45,7 @@ class TaskEval:
         self.workdir = Path(workdir)
         self.every = int(config.eval.every_steps)
         self.higher_is_better: dict[str, bool] = {}
-        self._tasks: list | None = None
+        self._tasks = self._load_tasks()  # now, so a bad task file stops the run before its first step
         self._model = None
 
     def due(self, step: int, total: int) -> bool:
@@ -80,8 +80,6 @@ class TaskEval:
         """Score the tasks on `params` (the whole tree `graphdef` merges with)."""
         from llm.eval.runner import evaluate_tasks
 
-        if self._tasks is None:
-            self._tasks = self._load_tasks()
         self._model = self._eval_model(graphdef, params)
         limit = float(self.config.eval.limit)
         results = evaluate_tasks(self._model, self._tasks, limit=None if limit == 0 else (int(limit) if limit >= 1 else limit))
