@@ -61,6 +61,9 @@ def test_early_stopping_on_a_task_metric(tmp_path):
     summary = run_training(config, tmp_path / "run", hooks=RunHooks(task_eval=fake))
     assert summary["early_stopped"] and summary["step"] == 6 and summary["saved_steps"] == [6]
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if KEY in r] == [2, 4, 6]
+    again = run_training(config, tmp_path / "run", hooks=RunHooks(task_eval=FakeTaskEval(every=2, scores=[0.1] * 5)))
+    assert again["early_stopped"] and again["step"] == 6  # the same command again: stays stopped, trains no further
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if KEY in r] == [2, 4, 6]
 
 
 def test_a_task_metric_without_tasks_is_refused_before_training(tmp_path):

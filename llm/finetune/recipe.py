@@ -6,7 +6,6 @@ adapters. SFT and classification are two tasks of this one recipe.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +16,6 @@ from flax import nnx
 
 from llm.finetune.cost import cost_report, from_metrics, method_name, write_cost
 from llm.finetune.outputs import write_outputs
-from llm.finetune.start import copy_config
 from llm.model.build import abstract_model
 from llm.model.spec import model_spec
 from llm.parallel.rules import AxisRules
@@ -26,6 +24,7 @@ from llm.peft.lora import LoraInfo
 from llm.peft.spec import PeftSpec, peft_spec
 from llm.peft.lora import merge_trees
 from llm.peft.split import combine, split_params
+from llm.train.early_stop import stop_where_stopped
 from llm.train.loop import RunHooks, run_training
 from llm.train.partition import Partition
 
@@ -88,25 +87,10 @@ def build_partition(config: ml_collections.ConfigDict, spec: PeftSpec, info: Lor
     )
 
 
-def _stop_where_stopped(config: ml_collections.ConfigDict, workdir: Path) -> tuple[ml_collections.ConfigDict, bool]:
-    """A run that stopped early stays stopped when its command is run again (train.steps may
-    change on resume, so the finished step becomes the last one; the outputs are rewritten)."""
-    path = workdir / "summary.json"
-    if not path.is_file():
-        return config, False
-    summary = json.loads(path.read_text())
-    if summary.get("early_stopped") and int(summary.get("step", 0)) < config.train.steps:
-        log.info("this run stopped early at step %d; not training further", summary["step"])
-        config = copy_config(config)
-        config.train.steps = int(summary["step"])
-        return config, True
-    return config, False
-
-
 def run_finetune(config: ml_collections.ConfigDict, workdir: str | Path, task: Task, *, overwrite: bool = False) -> dict:
     """Train, then write cost.json, merged/ (finetune.export_merged) and adapter/ + peft/ (LoRA)."""
     workdir = Path(workdir)
-    config, stopped = _stop_where_stopped(config, workdir)
+    config, stopped = stop_where_stopped(config, workdir)
     spec = peft_spec(config)
     info = lora_info(config, spec)
     partition = build_partition(config, spec, info, task)

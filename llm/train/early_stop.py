@@ -8,15 +8,19 @@ The metric is `eval.early_stop_metric`: "eval_loss", any other key the run's eva
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from pathlib import Path
 from typing import Mapping
 
 import ml_collections
 
+from llm.checkpoint.params_io import config_from_json
 from llm.errors import ConfigError, UserError
 from llm.train.metrics import read_metrics
 
+log = logging.getLogger("llm")
 MODES = ("auto", "max", "min")
 _LOWER = ("loss", "perplexity", "bits_per_byte")  # flat eval keys where lower is better
 _HIGHER = ("accuracy", "accuracies", "reward", "success", "margins", "f1")  # ... and higher
@@ -141,3 +145,18 @@ def early_stopping(config: ml_collections.ConfigDict, metrics_path: Path | None,
         return None
     return EarlyStopping(patience, metrics_path, metric=config.eval.early_stop_metric,
                          mode=config.eval.early_stop_mode, directions=directions)
+
+
+def stop_where_stopped(config: ml_collections.ConfigDict, workdir: Path) -> tuple[ml_collections.ConfigDict, bool]:
+    """A run that stopped early stays stopped when its command is run again (train.steps may
+    change on resume, so the finished step becomes the last one; the outputs are rewritten)."""
+    path = workdir / "summary.json"
+    if not path.is_file():
+        return config, False
+    summary = json.loads(path.read_text())
+    if summary.get("early_stopped") and int(summary.get("step", 0)) < config.train.steps:
+        log.info("this run stopped early at step %d; not training further", summary["step"])
+        config = config_from_json(json.dumps(config.to_dict()), "config")  # a copy: the caller's stays as it was
+        config.train.steps = int(summary["step"])
+        return config, True
+    return config, False

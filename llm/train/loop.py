@@ -18,14 +18,13 @@ from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
-import numpy as np
 from tqdm import tqdm
 
 from llm.checkpoint.manager import Checkpointer
 from llm.errors import UserError
 from llm.parallel.distributed import initialize as initialize_distributed
 from llm.pytree import abstract_like
-from llm.train.early_stop import EarlyStopping, early_stopping
+from llm.train.early_stop import EarlyStopping, early_stopping, stop_where_stopped
 from llm.train.init_sources import init_params_hook
 from llm.train.flops import device_peak_flops, flops_per_token
 from llm.train.metrics import MetricsLog, plot_loss_curve
@@ -266,6 +265,9 @@ def run_training(
     hooks = hooks or RunHooks()
     initialize_distributed(config)  # before any JAX work: joins a multi-process job, else a no-op
     is_main = jax.process_index() == 0
+    stopped = False
+    if not overwrite:
+        config, stopped = stop_where_stopped(config, Path(workdir))
     workdir = prepare_workdir(workdir, config, overwrite, write=is_main)
     setup_logging(workdir, is_main)
     if hooks.tokenizer_fingerprint is None:
@@ -427,6 +429,8 @@ def run_training(
     if is_main and (workdir / "metrics.jsonl").exists():
         plot_loss_curve(workdir / "metrics.jsonl", workdir / "loss.png")
     summary.update(step=step, skipped_steps=skipped, saved_steps=saved_now, **{k: v for k, v in last.items() if isinstance(v, float)})
+    if stopped:
+        summary.update(early_stopped=True)
     if hooks.on_finish is not None and not summary.get("preempted"):
         summary.update(hooks.on_finish(setup, state, frozen, summary) or {})
     if is_main:
