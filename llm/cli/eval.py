@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from llm.eval.results import console_table
     from llm.eval.runner import load_tasks, resolve_task_paths, run_eval
 
+    from llm.train.workdir import setup_logging
+
+    setup_logging(None)  # per-task lines and warnings on the console
     source = args.workdir or args.checkpoint
     if not Path(source).is_dir():
         raise UserError(f"{source!r} does not exist; pass a workdir, an exported checkpoint or a Hugging Face model directory")

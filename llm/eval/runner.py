@@ -145,6 +145,9 @@ def load_tasks(paths: Sequence[Path], *, num_fewshot: int | None = None, fewshot
     tasks = [load_task(p, num_fewshot=num_fewshot, fewshot_seed=fewshot_seed) for p in paths]
     seen: dict[str, Path] = {}
     for task, path in zip(tasks, paths):
+        if task.output_type == "generate_until" and not (task.config_dict().get("generation_kwargs") or {}).get("until"):
+            log.warning("task %r (%s) gives no stop strings (generation_kwargs.until): its generations stop at the tokenizer's "
+                        "end-of-sequence token or max_gen_toks", task.name, path)
         if task.name in seen:
             raise UserError(f"two task files define task {task.name!r} ({seen[task.name]} and {path}); rename one (the `task:` key)")
         seen[task.name] = path
