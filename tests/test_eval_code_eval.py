@@ -200,3 +200,36 @@ def test_llm_eval_runner_draws_repeats_samples(task_dir, ours):
     result = evaluate_task(model, load_task(task_dir / "code_t.yaml"))
     assert model.calls == {p["prompt"]: 4 for p in PROBLEMS}
     assert result.scores.metrics == ours[2].metrics
+
+
+def test_lm_evals_own_humaneval_yamls_run_offline(tmp_path):
+    """lm-eval's shipped humaneval.yaml and humaneval_64.yaml (include:), with only the dataset
+    lines pointed at local data, load and score through llm.eval.tasks with our utils.py."""
+    import lm_eval
+
+    src = Path(lm_eval.__file__).parent / "tasks" / "humaneval"
+    data = tmp_path / "humaneval.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    base = (src / "humaneval.yaml").read_text()
+    assert "dataset_path: openai/openai_humaneval\n" in base
+    local = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+    (tmp_path / "humaneval.yaml").write_text(base.replace("dataset_path: openai/openai_humaneval\n", local))
+    (tmp_path / "humaneval_64.yaml").write_text((src / "humaneval_64.yaml").read_text())
+    (tmp_path / "utils.py").write_text("from llm.eval.code_eval import build_predictions, pass_at_k  # noqa: F401\n")
+    # greedy: one sample per problem, the first completion (3 of the 4 add() ones pass)
+    task = load_task(tmp_path / "humaneval.yaml")
+    docs = task.docs()[:2]
+    reqs = [r for i, d in docs for r in task.requests(i, d)]
+    assert [r.args[1]["do_sample"] for r in reqs] == [False, False]
+    scores = task.score(docs, reqs, [[COMPLETIONS[r.doc_id][0]] for r in reqs])
+    assert scores.metrics["pass@1,create_test"] == 0.5  # add() passes, last() returns xs[0]
+    # 64 samples of problem 0 (48 pass) and problem 1 (16 pass), k = 2, 8, 16, 32, 64
+    task = load_task(tmp_path / "humaneval_64.yaml")
+    docs = task.docs()[:2]
+    reqs = [r for i, d in docs for r in task.requests(i, d)]
+    assert [r.repeats for r in reqs] == [64, 64] and reqs[0].args[1]["temperature"] == 0.2
+    samples = [COMPLETIONS[0] * 16, ["    return xs[-1]\n", "    return 0\n", "    return None\n", "    return xs[0]\n"] * 16]
+    scores = task.score(docs, reqs, samples)
+    for k in (2, 8, 16, 32, 64):
+        want = (closed_form(64, 48, k) + closed_form(64, 16, k)) / 2
+        assert scores.metrics[f"pass@{k},create_test"] == pytest.approx(want, abs=1e-12)
