@@ -67,7 +67,8 @@ def pass_at_k(
     """{"pass@1": .., "pass@10": ..}: the unbiased pass@k of each problem (predictions[i] are its
     candidates, references[i] its test code), averaged over the problems, as code_eval computes
     it. Problems without candidates are left out and a k larger than some problem's number of
-    candidates gets no key (code_eval does both; the latter is logged)."""
+    candidates gets no key (code_eval does both; the latter is logged). A bare string in
+    `predictions` is one candidate (what a take_first filter leaves)."""
     ks = _ks(k)
     if not isinstance(references, (list, tuple)) or not isinstance(predictions, (list, tuple)):
         raise UserError("pass_at_k: references and predictions must be lists (one test / one list of candidates per problem)")
