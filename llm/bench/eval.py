@@ -151,6 +151,8 @@ def run_eval_bench(config, *, vs_lm_eval: bool, out: str | Path, limit: int, tas
         raise UserError(f"--tasks {unknown[0]!r} is not a built-in task; choose from {', '.join(sorted(yaml_paths))}")
     chosen = [yaml_paths[t] for t in tasks]
     hf_dir = out / "hf"
+    with config.unlocked():  # a byte-level BPE needs its 256 byte tokens + the specials
+        config.model.vocab_size = max(int(config.model.vocab_size), 512)
     train_tokenizer(_task_texts(chosen), int(config.model.vocab_size), hf_dir)
     build_hf_model(config, hf_dir)
     spec = [str(hf_dir), str(limit), ",".join(map(str, chosen))]

@@ -122,6 +122,11 @@ def _cut(text: str, until: Sequence[str]) -> str:
     return text
 
 
+def samples(kwargs: dict) -> bool:
+    """Whether these generation_kwargs sample (so `repeats` copies differ) rather than decode greedily."""
+    return _gen_options(kwargs)[2].temperature > 0.0
+
+
 class EvalModel:
     """lm-eval's LM API over one model: `loglikelihood`, `loglikelihood_rolling`,
     `generate_until`; `max_length`, `eot_token_id`, `prefix_token_id`, `tokenizer` as HFLM has

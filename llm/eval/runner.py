@@ -68,11 +68,13 @@ def answer(model, requests: Sequence) -> list:
         for i, out in zip(idx, model.loglikelihood_rolling([requests[i].args[0] for i in idx])):
             responses[i] = out
     if "generate_until" in by_kind:
+        from llm.eval.model import samples
+
         idx = by_kind.pop("generate_until")
         calls, owners = [], []
         for i in idx:
             context, kwargs = requests[i].args
-            copies = 1 if not kwargs.get("do_sample", False) else max(1, requests[i].repeats)
+            copies = max(1, requests[i].repeats) if samples(kwargs) else 1
             calls.extend([(context, dict(kwargs))] * copies)
             owners.extend([i] * copies)
         texts = model.generate_until(calls)
