@@ -35,9 +35,15 @@ def test_quickstart_runs_every_stage_and_reports_generations_before_and_after(tm
     assert cost["start_eval_loss"] is not None and cost["eval_loss"] is not None
     report = (workdir / "report.md").read_text()
     for heading in ("## Pretraining", "## LoRA instruction tuning", f"### Held-out prompt {SHOWN}", "after fine-tuning:",
-                    "## Reward model", "- heldout_accuracy:", "## LoRA DPO", "- heldout_rewards/accuracies:"):
+                    "## Reward model", "- heldout_accuracy:", "## LoRA DPO", "- heldout_rewards/accuracies:",
+                    "## Built-in evaluation", "builtin_next_line", "pass_at_1"):
         assert heading in report
     dpo = json.loads((workdir / "dpo_lora" / "cost.json").read_text())
     assert dpo["method"] == "lora r8" and dpo["heldout_pairs"] > 0
     assert (workdir / "dpo_lora" / "margins.png").is_file() and (workdir / "rm" / "merged" / "reward_head.safetensors").is_file()
     assert "--- after fine-tuning ---" in out.stdout
+    for name in ("pretrain", "sft_lora"):
+        results = json.loads((workdir / "eval" / name / "results.json").read_text())
+        assert set(results["results"]) == {"builtin_perplexity", "builtin_next_line", "builtin_docstring_name", "builtin_docstring_body"}
+    curated = json.loads((workdir / "curated" / "report.json").read_text())
+    assert next(s for s in curated["stages"] if s["stage"] == "decontaminate")["docs_removed"] > 0  # the held-out modules

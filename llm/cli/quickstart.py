@@ -26,6 +26,7 @@ def quickstart_commands(workdir: str, steps: int | None = None) -> list[list[str
     """The stages, as argv lists for `llm` (without the leading `llm`)."""
     w = workdir.rstrip("/")
     corpus, curated, pre, sft = f"{w}/corpus", f"{w}/curated", f"{w}/pretrain", f"{w}/sft_lora"
+    suite = f"{w}/eval_suite"  # held-out eval items; the pretraining corpus is decontaminated against them
     pairs = f"{corpus}/manifest.json"
     train_extra = [f"--config.train.steps={steps}"] if steps else []
 
@@ -33,9 +34,14 @@ def quickstart_commands(workdir: str, steps: int | None = None) -> list[list[str
         return ["generate", "--workdir", model, *GENERATE, f"{corpus}/sft/validation.jsonl", "--limit", str(SHOWN),
                 "--max-new-tokens", "96", "--output", out]
 
+    def evaluate(model: str, name: str) -> list[str]:
+        return ["eval", "--workdir", model, "--tasks", suite, "--output", f"{w}/eval/{name}/results.json"]
+
     return [
         ["data", "builtin", "--out", corpus],
-        ["data", "curate", "--config", PRETRAIN_CONFIG, f"--config.data.path={corpus}/manifest.json", "--out", curated],
+        ["data", "eval-suite", "--corpus", f"{corpus}/manifest.json", "--out", suite],
+        ["data", "curate", "--config", PRETRAIN_CONFIG, f"--config.data.path={corpus}/manifest.json",
+         f"--config.data.curate.decontaminate={suite}/*.test.jsonl", "--out", curated],
         ["tokenizer", "train", "--config", PRETRAIN_CONFIG, f"--config.data.path={curated}/manifest.json",
          "--vocab-size", str(VOCAB), "--workdir", pre],
         ["train", "--config", PRETRAIN_CONFIG, "--workdir", pre, f"--config.data.path={curated}/manifest.json",
@@ -43,13 +49,16 @@ def quickstart_commands(workdir: str, steps: int | None = None) -> list[list[str
         generate(pre, f"{w}/generations_before.jsonl"),
         ["sft", "--config", SFT_CONFIG, "--workdir", sft, "--init-from", pre, "--data", f"{corpus}/manifest.json", *train_extra],
         generate(sft, f"{w}/generations_after.jsonl"),
+        evaluate(pre, "pretrain"),
+        evaluate(sft, "sft_lora"),
+        ["compare", f"{w}/eval/pretrain", f"{w}/eval/sft_lora"],
         ["rm", "--config", RM_CONFIG, "--workdir", f"{w}/rm", "--init-from", sft, "--data", pairs, *train_extra],
         ["dpo", "--config", DPO_CONFIG, "--workdir", f"{w}/dpo_lora", "--init-from", sft, "--data", pairs, *train_extra],
     ]
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("quickstart", help="corpus -> curate -> tokenizer -> pretrain tiny -> LoRA SFT -> generations before/after -> reward model -> LoRA DPO -> report, on built-in data")
+    p = subparsers.add_parser("quickstart", help="corpus -> eval suite -> curate -> tokenizer -> pretrain tiny -> LoRA SFT -> generations before/after -> eval -> reward model -> LoRA DPO -> report, on built-in data")
     p.add_argument("--workdir", default="runs/quickstart")
     p.add_argument("--steps", type=int, default=None, help="override every training stage's steps (default: the configs')")
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
@@ -105,6 +114,13 @@ def write_report(workdir: Path, timings: list[tuple[str, float]]) -> Path:
             lines += ["", f"## {heading}", ""]
             lines += _summary_lines(json.loads((workdir / path).read_text()), keys)
             lines += ["", plot]
+    evals = [(name, workdir / "eval" / name / "results.json") for name in ("pretrain", "sft_lora")]
+    if all(path.exists() for _, path in evals):
+        from llm.eval.report import compare_results_table
+
+        lines += ["", "## Built-in evaluation: pretrained vs LoRA SFT (held-out modules; pretraining decontaminated against them)", "",
+                  compare_results_table([n for n, _ in evals], [json.loads(p.read_text()) for _, p in evals]),
+                  "", "Per-item samples and plots: `eval/pretrain/`, `eval/sft_lora/` (report.md, samples_*.jsonl)."]
     for i, (prompt, reference, before, after) in enumerate(_generations(workdir), 1):
         lines += ["", f"### Held-out prompt {i}", "", "```", prompt.rstrip(), "```"]
         for title, text in (("reference", reference), ("before fine-tuning", before), ("after fine-tuning", after)):
