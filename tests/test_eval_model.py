@@ -135,13 +135,14 @@ def test_windows_match_lm_eval():
         assert rolling_windows(tokens, 7, 32) == want
 
 
-def test_packed_scores_match_transformers(models):
+@pytest.mark.parametrize("impl", ["blocked", "xla"])
+def test_packed_scores_match_transformers(models, impl):
     """Token-level pieces (shared prefixes with branches of several lengths, packed several to a
-    row) against one transformers forward per piece."""
+    row) against one transformers forward per piece, with either attention implementation."""
     import torch
 
     directory, hf = models["llama"]
-    model = load_eval_model(directory, F32, batch_size=2, max_length=MAX_LENGTH)
+    model = load_eval_model(directory, (*F32, f"model.attention_impl={impl}"), batch_size=2, max_length=MAX_LENGTH)
     rng = np.random.default_rng(0)
     pieces = []
     for _ in range(5):

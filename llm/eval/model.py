@@ -36,11 +36,12 @@ def _hidden_states(graphdef: nnx.GraphDef, params: Any, tokens, positions, units
     """Final-norm hidden states of packed rows: a token sees the earlier tokens of its own unit
     that are in the shared prefix (branch 0) or in its own branch."""
     model = nnx.merge(graphdef, params)
-    t = tokens.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    same_unit = units[:, :, None] == units[:, None, :]
-    visible = (branches[:, None, :] == 0) | (branches[:, :, None] == branches[:, None, :])
-    mask = (causal[None] & same_unit & visible)[:, None]
+    mask = None  # one sequence per row, right-padded (rolling windows): causal attention alone
+    if units is not None:
+        same_unit = units[:, :, None] == units[:, None, :]
+        visible = (branches[:, None, :] == 0) | (branches[:, :, None] == branches[:, None, :])
+        t = tokens.shape[1]
+        mask = (jnp.tril(jnp.ones((t, t), bool))[None] & same_unit & visible)[:, None]
     x = model.embed_tokens(tokens, positions)
     rope = model.rope_tables(positions)
     if model.spec.scan_layers:
@@ -218,7 +219,11 @@ class EvalModel:
         return [(float(sums[i]), bool(greedy[i])) for i in index]
 
     def _score_rows(self, a, length: int) -> tuple[np.ndarray, np.ndarray]:
-        hidden = self._compiled.hidden(self.params, a.tokens, a.positions, a.units, a.branches)
+        plain = bool((a.units.max(axis=1) <= 1).all()) and not a.branches.any()  # no row holds two units or a branch
+        if plain:
+            hidden = self._compiled.hidden(self.params, a.tokens, a.positions, None, None)
+        else:
+            hidden = self._compiled.hidden(self.params, a.tokens, a.positions, a.units, a.branches)
         n = len(a.slots)
         size = bucket_length(n, 64)
         if size > HEAD_CHUNK:
@@ -326,6 +331,9 @@ def load_eval_model(
 
     if not Path(source).is_dir():
         raise UserError(f"model {str(source)!r} does not exist; pass a workdir, an `llm export` directory or a Hugging Face model directory")
+    overrides = list(overrides)
+    if jax.default_backend() == "cpu" and not any(o.split("=", 1)[0].strip() == "model.attention_impl" for o in overrides):
+        overrides.append("model.attention_impl=blocked")  # the fastest on CPU (llm.model.attention); same values
     config = checkpoint_config(source, overrides)
     tokenizer = checkpoint_tokenizer(source, config)
     graphdef, params = load_model_params(source, config)
