@@ -6,7 +6,6 @@ one-line error that leaves an existing run alone."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
