@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -197,3 +198,19 @@ def test_bad_inputs(models, tmp_path):
         (bare / f).write_bytes((models["gpt2"][0] / f).read_bytes())
     with pytest.raises(UserError, match="tokenizer"):
         load_eval_model(bare, F32)
+
+
+def test_mesh_overrides_shard_the_model_with_the_same_scores(models):
+    """`--config.mesh.*` overrides (as in training) shard the weights over the 8 simulated devices
+    (tensor-parallel heads, fsdp) and give the scores of the default mesh."""
+    directory = models["llama"][0]
+    requests = [("def parse(text):\n    ", "return json.loads(text)"), ("import", " os"), ("", "x = 1")]
+    plain = load_eval_model(directory, F32, batch_size=4)
+    sharded = load_eval_model(directory, (*F32, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"), batch_size=4)
+    kernels = [x for x in jax.tree_util.tree_leaves(sharded.params) if x.ndim >= 2]
+    assert dict(kernels[0].sharding.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated for x in kernels)  # really split
+    for (a, ga), (b, gb) in zip(plain.loglikelihood(requests), sharded.loglikelihood(requests)):
+        assert abs(a - b) <= 1e-4 and ga == gb
+    assert plain.generate_until([("def f(", {"until": ["\n"], "max_gen_toks": 8})]) == \
+        sharded.generate_until([("def f(", {"until": ["\n"], "max_gen_toks": 8})])

@@ -8,7 +8,6 @@ passes; it is not a guard against code that inspects its own process (see llm.sa
 
 from __future__ import annotations
 
-import ast
 import secrets
 from collections.abc import Sequence
 
@@ -16,6 +15,9 @@ import numpy as np
 
 from llm.errors import UserError
 from llm.sandbox import SandboxLimits, SandboxPool, SandboxResult, run_code
+from llm.sandbox.doctest_program import doctest_program
+
+__all__ = ["doctest_program", "pass_at_k", "passed", "passes", "program_with_tests", "run_program", "run_programs"]
 
 DEFAULT_LIMITS = SandboxLimits(timeout_s=5.0, memory_mb=512)
 
@@ -23,17 +25,6 @@ DEFAULT_LIMITS = SandboxLimits(timeout_s=5.0, memory_mb=512)
 _PRELUDE = "import sys as _llm_sys\n_llm_nonce = _llm_sys.stdin.readline().strip()\n"
 _EPILOGUE = "\n_llm_sys.stdout.flush()\n_llm_sys.__stdout__.write('\\n' + _llm_nonce + ' 1 0\\n')\n"
 
-_DOCTEST = '''import sys, doctest, importlib
-def _run(nonce):
-    ns = dict(vars(importlib.import_module({module!r}))) if {module!r} else {{"__name__": "__main__"}}
-    exec(compile({source!r}, "<completion>", "exec"), ns)
-    test = doctest.DocTestParser().get_doctest({docstring!r}, ns, {name!r}, "<docstring>", 0)
-    runner = doctest.DocTestRunner(verbose=False)
-    runner.run(test, out=lambda s: None)
-    sys.stdout.flush()
-    sys.__stdout__.write("\\n%s %d %d\\n" % (nonce, runner.tries, runner.failures))
-_run(sys.stdin.readline().strip())
-'''
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -53,23 +44,6 @@ def program_with_tests(completion: str, tests: str) -> str:
     """The program that runs `completion` then `tests` (asserts) and, when it gets that far,
     prints the nonce it was given on stdin."""
     return _PRELUDE + completion + "\n" + tests + _EPILOGUE
-
-
-def doctest_program(module: str, name: str, header: str, completion: str) -> str:
-    """A program that runs the docstring examples of `header` (decorators, signature and
-    docstring) against header + completion, in the namespace of the stdlib `module` (its
-    imports and helpers; "" for a bare namespace), and prints `nonce tries failures`."""
-    return _DOCTEST.format(module=module, source=header + completion, docstring=_docstring(header), name=name)
-
-
-def _docstring(header: str) -> str:
-    try:
-        node = ast.parse(header).body[0]
-    except (SyntaxError, ValueError, IndexError):
-        return ""
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        return ast.get_docstring(node, clean=False) or ""
-    return ""
 
 
 def passed(result: SandboxResult, nonce: str) -> bool:

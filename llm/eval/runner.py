@@ -15,18 +15,19 @@ log = logging.getLogger("llm")
 BUILTIN = "builtin"
 
 
-def resolve_task_paths(spec: str | Sequence[str], builtin_dir: Path) -> list[Path]:
+def resolve_task_paths(spec: str | Sequence[str], builtin_dir: Path, *, write_builtin: bool = True) -> list[Path]:
     """`builtin`, YAML files and directories of YAML files (comma-separated or a list) -> YAML paths.
-    The built-in suite is materialised under `builtin_dir` (data + YAMLs) the first time."""
+    The built-in suite is written under `builtin_dir` (data + YAMLs); with write_builtin=False
+    the files already there are used (other processes of a multi-host run read process 0's)."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
     if not items:
         raise UserError("no tasks given; pass --tasks builtin or paths to lm-eval task YAML files")
     paths: list[Path] = []
     for item in items:
         if item == BUILTIN:
-            from llm.eval.builtin import materialize_builtin
+            from llm.eval.builtin import TASKS, materialize_builtin
 
-            paths.extend(materialize_builtin(builtin_dir))
+            paths.extend(materialize_builtin(builtin_dir) if write_builtin else [Path(builtin_dir) / f"{t}.yaml" for t in TASKS])
             continue
         path = Path(item)
         if path.is_dir():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
 import jax
 import ml_collections
 
@@ -55,13 +56,15 @@ class TaskEval:
         from llm.eval.runner import load_tasks, resolve_task_paths
 
         builtin_dir = self.workdir / TASKS_DIR
+        first = jax.process_index() == 0
+        if first:
+            paths = resolve_task_paths(self.config.eval.tasks, builtin_dir)
         if jax.process_count() > 1:  # process 0 writes the built-in suite, the others then read it
             from jax.experimental import multihost_utils
 
-            if jax.process_index() == 0:
-                resolve_task_paths(self.config.eval.tasks, builtin_dir)
             multihost_utils.sync_global_devices("llm: eval tasks written")
-        paths = resolve_task_paths(self.config.eval.tasks, builtin_dir)
+        if not first:
+            paths = resolve_task_paths(self.config.eval.tasks, builtin_dir, write_builtin=False)
         shots = int(self.config.eval.num_fewshot)
         tasks = load_tasks(paths, num_fewshot=None if shots < 0 else shots)
         log.info("eval tasks every %d steps: %s", self.every, ", ".join(t.name for t in tasks))

@@ -8,7 +8,6 @@ the caller, so the items are a pure function of the corpus and the arguments.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import inspect
 import json
@@ -22,6 +21,7 @@ from llm.data.curate.hashing import ngram_hashes, words
 from llm.data.sources import stdlib_files, stdlib_root
 from llm.data.split import is_validation
 from llm.errors import UserError
+from llm.sandbox.doctest_program import function_docstring
 
 NGRAM = 13
 SKIP_MODULES = ("antigravity", "this")  # importing them has side effects (a browser, a poem)
@@ -179,11 +179,7 @@ def functions_of(modules: Sequence[Module], max_chars: int) -> list[Function]:
 
 
 def docstring(header: str) -> str:
-    try:
-        node = ast.parse(header).body[0]
-    except (SyntaxError, ValueError, IndexError):
-        return ""
-    doc = ast.get_docstring(node, clean=False) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+    doc = function_docstring(header)
     return inspect.cleandoc(doc) if doc else ""
 
 

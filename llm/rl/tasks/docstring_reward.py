@@ -21,29 +21,11 @@ import ast
 import dataclasses
 import secrets
 
+from llm.sandbox.doctest_program import doctest_program
+
 PARSE_FAIL, PARSES, DEFINES, ALL_PASS = 0.0, 0.25, 0.5, 1.0
 PASS_SHARE = 0.4  # 0.5 + 0.4 x examples passed / examples, below 1.0 unless all pass
 
-HARNESS = '''import sys, doctest, importlib
-def _run(nonce):
-    ns = dict(vars(importlib.import_module({module!r})))
-    exec(compile({source!r}, "<completion>", "exec"), ns)
-    test = doctest.DocTestParser().get_doctest({docstring!r}, ns, {name!r}, "<docstring>", 0)
-    runner = doctest.DocTestRunner(verbose=False)
-    runner.run(test, out=lambda s: None)
-    sys.stdout.flush()
-    sys.__stdout__.write("\\n%s %d %d\\n" % (nonce, runner.tries, runner.failures))
-_run(sys.stdin.readline().strip())
-'''
-
-
-def docstring_of(header: str) -> str | None:
-    """The raw docstring of the header's function (None when it has none)."""
-    try:
-        node = ast.parse(header).body[0]
-    except (SyntaxError, ValueError, IndexError):
-        return None
-    return ast.get_docstring(node, clean=False) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
 
 
 def static_score(source: str, name: str) -> float:
@@ -65,7 +47,7 @@ def static_score(source: str, name: str) -> float:
 
 def harness(module: str, name: str, header: str, completion: str) -> str:
     """Python source that runs the docstring's examples against header + completion."""
-    return HARNESS.format(module=module, source=header + completion, docstring=docstring_of(header) or "", name=name)
+    return doctest_program(module, name, header, completion)
 
 
 def doctest_score(result, nonce: str) -> float:
