@@ -446,3 +446,22 @@ def test_unsupported_metric_and_filter(tmp_path):
     p = _write(tmp_path, "output_type: generate_until\ndoc_to_text: q\ndoc_to_target: a\nfilter_list: [{name: f, filter: [{function: nope}]}]\n")
     with pytest.raises(UserError, match=r"unsupported filter 'nope'"):
         load_task(p)
+
+
+@pytest.mark.parametrize("fmt, content, message", [
+    ("jsonl", b'{"q": "x", "a": "y"}\n{"q": "caf\xe9", "a": "w"}\n', r"data file .*d.jsonl is not UTF-8 \(line 2, byte \d+\); re-encode it as UTF-8"),
+    ("jsonl", b'{"q": "x", "a": "y"}\n{"q": \n', r"line 2 of .*d.jsonl is not JSON"),
+    ("jsonl", b'{"q": "x", "a": "y"}\n[1, 2]\n', r"record 1 is list, not an object"),
+    ("jsonl", b'[{"q": "x", "a": "y"}, {"q": }]', r"d.jsonl is not valid JSON \(line 1"),
+    ("csv", b'q,a\nx,y,z\n', r"data file .*d.csv could not be read as csv"),
+    ("parquet", b"not a parquet file", r"data file .*d.parquet could not be read as parquet"),
+])
+def test_malformed_data_files_are_named_with_the_fix(tmp_path, fmt, content, message):
+    data = tmp_path / f"d.{fmt}"
+    data.write_bytes(content)
+    p = tmp_path / "t.yaml"
+    builder = "json" if fmt == "jsonl" else fmt
+    p.write_text(f"task: t\ndataset_path: {builder}\ndataset_kwargs: {{data_files: {{test: {data}}}}}\ntest_split: test\n"
+                 "output_type: loglikelihood\ndoc_to_text: q\ndoc_to_target: a\n")
+    with pytest.raises(UserError, match=message):
+        load_task(p).docs()

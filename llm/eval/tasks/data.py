@@ -61,26 +61,51 @@ class DocList(list):
         return DocList(out) if isinstance(key, slice) else out
 
 
+def _read_json(file: Path) -> list[dict]:
+    """JSON lines (or a JSON list of objects); bad bytes and bad lines are named with their line."""
+    import pyarrow.json as pj
+
+    try:
+        return pj.read_json(file).to_pylist()
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        pass  # not clean JSON lines for Arrow: find out what is wrong, or read a JSON list
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise UserError(f"data file {file} is not UTF-8 (line {line}, byte {err.start}); re-encode it as UTF-8") from None
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"data file {file} is not valid JSON (line {err.lineno}: {err.msg}); fix it or write JSON lines") from None
+        records = data
+    else:
+        from llm.data.jsonl import read_jsonl
+
+        records = [record for _, record in read_jsonl(file, "data file")]
+    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise UserError(f"data file {file}: record {bad} is {type(records[bad]).__name__}, not an object; write one JSON object per line")
+    return pa.Table.from_pylist(records).to_pylist()
+
+
 def _read_file(builder: str, file: Path) -> list[dict]:
     if builder == "json":
-        import pyarrow.json as pj
+        return _read_json(file)
+    try:
+        if builder == "csv":
+            import pyarrow.csv as pc
 
-        try:
-            return pj.read_json(file).to_pylist()
-        except pa.ArrowInvalid:
-            data = json.loads(file.read_text(encoding="utf-8"))
-            if isinstance(data, list):
-                return pa.Table.from_pylist(data).to_pylist()
-            raise UserError(f"data file {file} is neither JSON lines nor a JSON list of objects; convert it") from None
-    if builder == "csv":
-        import pyarrow.csv as pc
+            return pc.read_csv(file, convert_options=pc.ConvertOptions(strings_can_be_null=True)).to_pylist()
+        if builder == "parquet":
+            import pyarrow.parquet as pq
 
-        return pc.read_csv(file, convert_options=pc.ConvertOptions(strings_can_be_null=True)).to_pylist()
-    if builder == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(file).to_pylist()
-    return _read_arrow(file)
+            return pq.read_table(file).to_pylist()
+        return _read_arrow(file)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise UserError(f"data file {file} could not be read as {builder} ({str(err).splitlines()[0]}); check the file and dataset_path") from None
 
 
 def _read_arrow(file: Path) -> list[dict]:
