@@ -7,7 +7,8 @@ The model is --config's shape with transformers' own random init, saved as a Hug
 directory with a byte-level BPE tokenizer trained on the tasks' own text (so both sides read the
 same files); the tasks are the built-in suite's (llm.eval.builtin), --limit items each. Each side
 runs in its own process with the model loaded once; a task's time is from its first request to
-its scores, so model loading is left out on both sides. Ours is timed twice: the first pass
+its scores (lm-eval: its `evaluate()`), so loading the model, the task and its data is left out
+on both sides. Ours is timed twice: the first pass
 includes compiling each bucket shape, the second reuses them (a long eval, or in-training eval).
 lm-eval runs at each --batch-sizes value in f32 (the identical-score check) and, where the CPU
 has AMX / AVX-512 BF16, in bf16 too; its best is the peer figure. Benchmarks are not tests:
@@ -88,7 +89,9 @@ def ours_child(hf_dir: Path, yaml_paths: list[Path], limit: int, batch_size: int
 
 
 def lm_eval_child(hf_dir: Path, yaml_dir: Path, tasks: list[str], limit: int, batch_size: int, dtype: str) -> dict:
-    import lm_eval
+    """lm-eval's own evaluate() per task, timed from its first request to its scores (the task
+    and its data are loaded before the clock starts, as ours are)."""
+    from lm_eval.evaluator import evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
@@ -97,9 +100,13 @@ def lm_eval_child(hf_dir: Path, yaml_dir: Path, tasks: list[str], limit: int, ba
     manager = TaskManager(include_path=str(yaml_dir))
     out = {}
     for name in tasks:
+        loaded = manager.load([name])
+        for task in loaded["tasks"].values():  # as simple_evaluate prepares them
+            if task.get_config("num_fewshot") is None:
+                task.set_config(key="num_fewshot", value=0)
+            task.set_fewshot_seed(seed=1234)
         start = time.perf_counter()
-        r = lm_eval.simple_evaluate(model=lm, tasks=[name], task_manager=manager, limit=limit, log_samples=True,
-                                    bootstrap_iters=100000, confirm_run_unsafe_code=True)
+        r = evaluate(lm=lm, task_dict=loaded, limit=limit, log_samples=True, bootstrap_iters=100000, confirm_run_unsafe_code=True)
         seconds = time.perf_counter() - start
         samples = r["samples"][name]
         out[name] = {"items": len(samples), "seconds": seconds, "metrics": r["results"][name],
