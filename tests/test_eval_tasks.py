@@ -449,7 +449,7 @@ def test_unsupported_metric_and_filter(tmp_path):
 
 
 @pytest.mark.parametrize("fmt, content, message", [
-    ("jsonl", b'{"q": "x", "a": "y"}\n{"q": "caf\xe9", "a": "w"}\n', r"data file .*d.jsonl is not UTF-8 \(line 2, byte \d+\); re-encode it as UTF-8"),
+    ("jsonl", b'{"q": "x", "a": "y"}\n{"q": "caf\xe9", "a": "w"}\n', r"data file '.*d.jsonl' is not UTF-8 \(line 2, byte \d+\); re-encode it as UTF-8"),
     ("jsonl", b'{"q": "x", "a": "y"}\n{"q": \n', r"line 2 of .*d.jsonl is not JSON"),
     ("jsonl", b'{"q": "x", "a": "y"}\n[1, 2]\n', r"record 1 is list, not an object"),
     ("jsonl", b'[{"q": "x", "a": "y"}, {"q": }]', r"d.jsonl is not valid JSON \(line 1"),

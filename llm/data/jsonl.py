@@ -19,13 +19,16 @@ def read_jsonl(path: str | Path, label: str = "JSONL file") -> Iterator[tuple[in
     file = Path(path)
     if not file.is_file():
         raise UserError(f"{label} {str(path)!r} does not exist; check the path")
-    data = file.read_bytes()
+    return _records(decode_utf8(file.read_bytes(), path, label), path)
+
+
+def decode_utf8(data: bytes, path: str | Path, label: str) -> str:
+    """The text of a file's bytes; bytes that are not UTF-8 are named by line and offset."""
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise UserError(f"{label} {str(path)!r} is not UTF-8 (line {line}, byte {err.start}); re-encode it as UTF-8") from None
-    return _records(text, path)
 
 
 def _records(text: str, path: str | Path) -> Iterator[tuple[int, Any]]:

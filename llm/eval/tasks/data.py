@@ -69,12 +69,9 @@ def _read_json(file: Path) -> list[dict]:
         return pj.read_json(file).to_pylist()
     except (pa.ArrowInvalid, UnicodeDecodeError):
         pass  # not clean JSON lines for Arrow: find out what is wrong, or read a JSON list
-    raw = file.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise UserError(f"data file {file} is not UTF-8 (line {line}, byte {err.start}); re-encode it as UTF-8") from None
+    from llm.data.jsonl import decode_utf8, read_jsonl
+
+    text = decode_utf8(file.read_bytes(), file, "data file")
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -82,8 +79,6 @@ def _read_json(file: Path) -> list[dict]:
             raise UserError(f"data file {file} is not valid JSON (line {err.lineno}: {err.msg}); fix it or write JSON lines") from None
         records = data
     else:
-        from llm.data.jsonl import read_jsonl
-
         records = [record for _, record in read_jsonl(file, "data file")]
     bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
     if bad is not None:
