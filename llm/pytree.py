@@ -56,3 +56,13 @@ def abstract_like(tree: Any) -> Any:
 def with_shardings(tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs of `tree`'s shapes and dtypes placed by the matching tree of `shardings`."""
     return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
+
+
+def merge_trees(a: Any, b: Any) -> Any:
+    """Union of two nested dicts with disjoint leaves (shares the arrays, copies the dicts)."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        raise ValueError("trees overlap at a leaf")
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = merge_trees(out[key], value) if key in out else value
+    return out

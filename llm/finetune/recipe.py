@@ -22,8 +22,8 @@ from llm.parallel.rules import AxisRules
 from llm.peft import lora
 from llm.peft.lora import LoraInfo
 from llm.peft.spec import PeftSpec, peft_spec
-from llm.peft.lora import merge_trees
 from llm.peft.split import combine, split_params
+from llm.pytree import merge_trees
 from llm.train.early_stop import stop_where_stopped
 from llm.train.loop import RunHooks, run_training
 from llm.train.partition import Partition

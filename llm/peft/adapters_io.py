@@ -18,9 +18,9 @@ from flax import nnx
 from llm.checkpoint.manager import model_mismatch
 from llm.errors import UserError
 from llm.interop.hf_export import to_host
-from llm.peft.lora import LoraInfo, LoraTarget, add_lora, merge_trees, unmerge
+from llm.peft.lora import LoraInfo, LoraTarget, add_lora, unmerge
 from llm.peft.spec import PeftSpec
-from llm.pytree import get_path, set_path
+from llm.pytree import get_path, merge_trees, set_path
 
 WEIGHTS = "adapter.safetensors"
 META = "adapter.json"

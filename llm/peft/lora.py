@@ -24,7 +24,7 @@ from llm.errors import UserError
 from llm.model.layers import Dense
 from llm.peft.abstract import is_abstract
 from llm.peft.spec import PeftSpec
-from llm.pytree import get_path, path_keys, path_str, set_path
+from llm.pytree import get_path, merge_trees, path_keys, path_str, set_path
 
 ADAPTER_KEYS = ("lora_a", "lora_b")
 
@@ -166,16 +166,6 @@ def init_adapters(targets: tuple[LoraTarget, ...], seed: int, dtype, shardings: 
         for key, value in (("lora_a", a), ("lora_b", b)):
             sharding = get_path(shardings, (*t.path, key)) if shardings is not None else None
             set_path(out, (*t.path, key), place(value, sharding))
-    return out
-
-
-def merge_trees(a: Any, b: Any) -> Any:
-    """Union of two nested dicts with disjoint leaves (shares the arrays, copies the dicts)."""
-    if not isinstance(a, dict) or not isinstance(b, dict):
-        raise ValueError("trees overlap at a leaf")
-    out = dict(a)
-    for key, value in b.items():
-        out[key] = merge_trees(out[key], value) if key in out else value
     return out
 
 

@@ -19,10 +19,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 from llm.errors import UserError
 from llm.model.layers import kernel_input_dims
 from llm.peft.abstract import call, is_abstract
-from llm.peft.lora import abstract_module, add_lora, merge_trees, unmerge, with_runtime_leaves
+from llm.peft.lora import abstract_module, add_lora, unmerge, with_runtime_leaves
 from llm.peft.quant import QTensor, can_quantize, quantize
 from llm.peft.spec import PeftSpec
-from llm.pytree import path_keys, path_str, set_path
+from llm.pytree import merge_trees, path_keys, path_str, set_path
 
 log = logging.getLogger("llm")
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from llm.checkpoint.manager import Checkpointer
 from llm.errors import UserError
 from llm.parallel.distributed import initialize as initialize_distributed
-from llm.pytree import abstract_like
+from llm.pytree import abstract_like, merge_trees
 from llm.train.early_stop import EarlyStopping, early_stopping, stop_where_stopped
 from llm.train.init_sources import init_params_hook
 from llm.train.flops import device_peak_flops, flops_per_token
@@ -179,14 +179,6 @@ def _eval_line(result: dict) -> str:
     return "eval " + ", ".join(f"{k[len('eval_'):]} {result[k]:.4g}" for k in names)
 
 
-def _merge(a: Any, b: Any) -> Any:
-    """Union of two nested dicts with disjoint leaves (the trainable and frozen parts)."""
-    out = dict(a)
-    for key, value in b.items():
-        out[key] = _merge(out[key], value) if key in out else value
-    return out
-
-
 def model_params(setup: TrainSetup, params: Any, frozen: Any) -> Any:
     """The whole tree `setup.graphdef` merges with: the trainable params, plus the frozen part
     (and what else the partition's model needs, e.g. LoRA-dropout leaves) when there is one."""
@@ -194,7 +186,7 @@ def model_params(setup: TrainSetup, params: Any, frozen: Any) -> Any:
         return params
     if setup.partition.model_params is not None:
         return setup.partition.model_params(params, frozen)
-    return _merge(params, frozen)
+    return merge_trees(params, frozen)
 
 
 def _stopping(config: ml_collections.ConfigDict, workdir: Path, hooks: RunHooks, task_eval: Any) -> Callable | None:
