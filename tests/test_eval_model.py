@@ -214,3 +214,22 @@ def test_mesh_overrides_shard_the_model_with_the_same_scores(models):
         assert abs(a - b) <= 1e-4 and ga == gb
     assert plain.generate_until([("def f(", {"until": ["\n"], "max_gen_toks": 8})]) == \
         sharded.generate_until([("def f(", {"until": ["\n"], "max_gen_toks": 8})])
+
+
+def test_rolling_without_a_bos_or_eos_token_is_refused_with_the_fix():
+    """The byte tokenizer has no BOS / EOS: lm-eval's first rolling window has nothing to start from."""
+    from helpers import tiny_config
+    from llm.data.tokenizer import load_tokenizer
+    from llm.eval.model import EvalModel
+    from llm.model.build import init_params
+    from llm.model.spec import model_spec
+    from llm.parallel.mesh import build_mesh
+    from llm.parallel.rules import AxisRules
+
+    config = tiny_config("precision.compute=float32")
+    rules = AxisRules.from_config(config.mesh.rules, build_mesh(config.mesh, jax.devices()[:1]))
+    graphdef, params, _ = init_params(model_spec(config), rules, seed=0)
+    model = EvalModel(graphdef, params, config, load_tokenizer("bytes"), batch_size=2)
+    assert len(model.loglikelihood([("ab", "c")])) == 1  # a context to condition on: fine
+    with pytest.raises(UserError, match=r"needs a BOS or EOS token .* \(bytes\) has neither: leave those tasks out"):
+        model.loglikelihood_rolling(["some text"])

@@ -179,7 +179,11 @@ class EvalModel:
     def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
         """Log-likelihood of each whole text over lm-eval's disjoint rolling windows."""
         if self.prefix_token_id is None:
-            raise UserError("rolling log-likelihood needs a BOS or EOS token to start the first window; this tokenizer has neither")
+            raise UserError(
+                f"rolling log-likelihood (loglikelihood_rolling tasks, e.g. builtin_perplexity) needs a BOS or EOS token to start "
+                f"the first window, as lm-eval does; this model's tokenizer ({self.config.data.tokenizer}) has neither: "
+                "leave those tasks out, or train with a sentencepiece / Hugging Face tokenizer"
+            )
         pieces, owners = [], []
         for i, text in enumerate(texts):
             if not isinstance(text, str):
