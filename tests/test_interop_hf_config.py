@@ -80,8 +80,17 @@ def test_base_and_overrides():
     ({**LLAMA, "attention_bias": True}, "attention_bias=True"),
     ({**LLAMA, "mlp_bias": True}, "mlp_bias=True"),
     ({**LLAMA, "partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5"),
-    ({**LLAMA, "model_type": "mistral", "sliding_window": 32}, "sliding_window=32"),
-    ({**LLAMA, "model_type": "qwen2", "use_sliding_window": True, "sliding_window": 32}, "sliding_window=32"),
+    ({**LLAMA, "attn_logit_softcapping": 50.0}, "attn_logit_softcapping=50.0"),
+    ({**LLAMA, "model_type": "qwen3", "final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0"),
+    ({**LLAMA, "sliding_window": 32}, "sliding_window=32"),
+    ({**LLAMA, "model_type": "qwen3", "num_experts": 8}, "num_experts=8"),
+    ({**LLAMA, "model_type": "qwen3_moe"}, "model_type='qwen3_moe'"),
+    ({**LLAMA, "model_type": "gemma3"}, "model_type='gemma3'"),
+    ({**LLAMA, "model_type": "gemma2", "hidden_activation": "relu"}, "hidden_activation='relu'"),
+    ({**LLAMA, "model_type": "gemma3_text", "use_bidirectional_attention": True}, "use_bidirectional_attention=True"),
+    ({**LLAMA, "model_type": "gemma3_text", "rope_parameters": {
+        "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}}, "sliding_attention.rope_type='linear'"),
     ({**LLAMA, "model_type": "qwen2", "layer_types": ["full_attention", "chunked_attention"]}, "layer_types='chunked_attention'"),
     ({**LLAMA, "quantization_config": {"quant_method": "gptq"}}, "quantization_config='gptq'"),
     ({k: v for k, v in LLAMA.items() if k != "hidden_size"}, "no 'hidden_size'"),
@@ -96,11 +105,33 @@ def test_refusals_name_the_field(hf, field):
     assert field in str(err.value) and "\n" not in str(err.value)
 
 
-def test_sliding_window_fix_suggested_in_the_message_works():
-    hf = {**LLAMA, "model_type": "mistral", "sliding_window": 32}
-    with pytest.raises(UserError, match=r"--config.model.max_seq_len=32"):
-        hf_to_config(hf)
-    assert hf_to_config(hf, overrides=["model.max_seq_len=32"]).model.max_seq_len == 32
+def test_family_fields_windows_and_rope_per_layer_type():
+    mistral = hf_to_config({**LLAMA, "model_type": "mistral", "sliding_window": 32}).model
+    assert (mistral.sliding_window, tuple(mistral.layer_types)) == (32, ())  # every layer windowed
+    qwen = hf_to_config({**LLAMA, "model_type": "qwen2", "use_sliding_window": True, "sliding_window": 32, "max_window_layers": 1}).model
+    assert (qwen.sliding_window, tuple(qwen.layer_types)) == (32, ("full", "sliding"))
+    qwen3 = hf_to_config({**LLAMA, "model_type": "qwen3", "head_dim": 32}).model
+    assert qwen3.qk_norm and not qwen3.qkv_bias and qwen3.head_dim == 32 and not qwen3.sliding_window
+    gemma2 = hf_to_config({**LLAMA, "model_type": "gemma2", "num_hidden_layers": 4, "sliding_window": 8, "query_pre_attn_scalar": 16,
+                           "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}).model
+    assert tuple(gemma2.layer_types) == ("sliding", "full", "sliding", "full")  # transformers 4 configs: alternating
+    assert (gemma2.attn_softcap, gemma2.final_softcap, gemma2.query_pre_attn_scalar) == (50.0, 30.0, 16.0)
+    assert gemma2.norm_plus_one and gemma2.post_norms and gemma2.embed_scale and not gemma2.qk_norm
+    untied = {k: v for k, v in LLAMA.items() if k != "tie_word_embeddings"}
+    assert hf_to_config({**untied, "model_type": "gemma2"}).model.tie_embeddings  # Gemma's default: tied
+    assert gemma2.mlp_activation == "gelu_tanh"
+    # Gemma 3, transformers 4 layout: pattern, local base, global linear scaling.
+    gemma3 = hf_to_config({**LLAMA, "model_type": "gemma3_text", "num_hidden_layers": 6, "sliding_window": 8,
+                           "sliding_window_pattern": 3, "rope_theta": 1e6, "rope_local_base_freq": 1e4,
+                           "rope_scaling": {"rope_type": "linear", "factor": 8.0}}).model
+    assert tuple(gemma3.layer_types) == ("sliding", "sliding", "full") * 2 and gemma3.qk_norm
+    assert (gemma3.rope_theta, gemma3.rope_local_theta, gemma3.rope_scaling.type, gemma3.rope_scaling.factor) == (1e6, 1e4, "linear", 8.0)
+    # The same in the transformers 5 layout.
+    v5 = hf_to_config({**LLAMA, "model_type": "gemma3_text", "num_hidden_layers": 6, "sliding_window": 8,
+                       "layer_types": ["sliding_attention", "sliding_attention", "full_attention"] * 2,
+                       "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                           "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}).model
+    assert v5.to_dict() == gemma3.to_dict()
 
 
 def test_unknown_keys_are_logged_by_name(caplog):
@@ -113,6 +144,13 @@ def test_unknown_keys_are_logged_by_name(caplog):
     ({**LLAMA, "rope_theta": 500000.0, "rope_scaling": ROPE, "head_dim": 32, "tie_word_embeddings": True}, "llama"),
     ({**LLAMA, "model_type": "qwen2", "tie_word_embeddings": True}, "qwen2"),
     ({**LLAMA, "model_type": "mistral"}, "mistral"),
+    ({**LLAMA, "model_type": "mistral", "sliding_window": 16}, "mistral"),
+    ({**LLAMA, "model_type": "qwen2", "use_sliding_window": True, "sliding_window": 16, "max_window_layers": 1}, "qwen2"),
+    ({**LLAMA, "model_type": "qwen3", "head_dim": 32, "tie_word_embeddings": True}, "qwen3"),
+    ({**LLAMA, "model_type": "gemma2", "num_hidden_layers": 4, "sliding_window": 8, "query_pre_attn_scalar": 16,
+      "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}, "gemma2"),
+    ({**LLAMA, "model_type": "gemma3_text", "num_hidden_layers": 6, "sliding_window": 8, "query_pre_attn_scalar": 16,
+      "rope_theta": 1e6, "rope_local_base_freq": 1e4, "rope_scaling": {"rope_type": "linear", "factor": 8.0}}, "gemma3_text"),
     (GPT2, "gpt2"),
 ])
 def test_export_config_round_trips_through_transformers(hf, model_type):
@@ -138,3 +176,9 @@ def test_export_model_type_checks():
         config_to_hf(llama, "gpt2")
     with pytest.raises(UserError, match="not one of"):
         config_to_hf(llama, "falcon")
+    gemma2 = hf_to_config({**LLAMA, "model_type": "gemma2", "sliding_window": 8})
+    assert config_to_hf(gemma2)["model_type"] == "gemma2" and not compatible_model_type(gemma2, "llama")
+    with pytest.raises(UserError, match="cannot be exported as 'qwen3'.*export as 'gemma2'"):
+        config_to_hf(gemma2, "qwen3")
+    windowed = hf_to_config({**LLAMA, "model_type": "mistral", "sliding_window": 16})
+    assert config_to_hf(windowed)["model_type"] == "mistral" and not compatible_model_type(windowed, "llama")

@@ -51,13 +51,25 @@ def base_config() -> ml_collections.ConfigDict:
     m.norm_eps = 1e-5
     m.rope_theta = 10000.0
     m.rope_scaling = ml_collections.ConfigDict()
-    m.rope_scaling.type = ""  # "" | llama3
+    m.rope_scaling.type = ""  # "" | llama3 | linear (positions divided by factor)
     m.rope_scaling.factor = 8.0
     m.rope_scaling.low_freq_factor = 1.0
     m.rope_scaling.high_freq_factor = 4.0
     m.rope_scaling.original_max_position = 8192
     m.qkv_bias = False
     m.tie_embeddings = False
+    # Family features (Qwen3, Gemma 2/3); the defaults are plain Llama.
+    m.sliding_window = 0  # keys a query sees on "sliding" layers, itself included (0 = no window)
+    m.layer_types = ()  # per layer "full" | "sliding"; () = all "sliding" with a window, else all "full"
+    m.rope_local_theta = 0.0  # RoPE base of "sliding" layers, unscaled (Gemma 3: 10k); 0 = the full layers' tables
+    m.qk_norm = False  # RMSNorm over head_dim on q and k before RoPE (Qwen3, Gemma 3)
+    m.norm_plus_one = False  # RMSNorm scales by (1 + weight), weights start at 0 (Gemma)
+    m.post_norms = False  # RMSNorm on the attention and MLP outputs before the residual add (Gemma 2/3)
+    m.mlp_activation = "silu"  # gated MLP: silu (SwiGLU) | gelu_tanh (GeGLU, Gemma)
+    m.embed_scale = False  # embeddings times sqrt(d_model) (Gemma)
+    m.query_pre_attn_scalar = 0.0  # attention scores scaled by this ** -0.5 (0 = head_dim)
+    m.attn_softcap = 0.0  # attention logits -> cap * tanh(logits / cap) (Gemma 2); 0 = off
+    m.final_softcap = 0.0  # LM-head logits likewise (Gemma 2); 0 = off
     m.init_std = 0.02
     m.scan_layers = False
     m.remat = "none"  # none | full | save_matmul

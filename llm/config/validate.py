@@ -10,7 +10,8 @@ _CHOICES = {
     "model.family": ("llama", "gpt2"),
     "model.remat": ("none", "full", "save_matmul"),
     "model.attention_impl": ("xla", "cudnn", "blocked"),
-    "model.rope_scaling.type": ("", "llama3"),
+    "model.rope_scaling.type": ("", "llama3", "linear"),
+    "model.mlp_activation": ("silu", "gelu_tanh"),
     "precision.params": ("float32", "bfloat16"),
     "precision.compute": ("auto", "float32", "bfloat16"),
     "precision.optimizer_state": ("float32", "bfloat16"),
@@ -27,6 +28,30 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
     for part in dotted.split("."):
         node = node[part]
     return node
+
+
+def _validate_family_features(m: ml_collections.ConfigDict) -> None:
+    """Sliding windows, soft-caps and the Qwen3 / Gemma switches."""
+    if m.sliding_window < 0:
+        raise ConfigError(f"model.sliding_window={m.sliding_window} must be >= 0 (0 = no window)")
+    types = tuple(m.layer_types)
+    if types:
+        if len(types) != m.n_layers:
+            raise ConfigError(f"model.layer_types has {len(types)} entries but model.n_layers={m.n_layers}; give one per layer")
+        bad = [t for t in types if t not in ("full", "sliding")]
+        if bad:
+            raise ConfigError(f"model.layer_types holds {bad[0]!r}; each entry is 'full' or 'sliding'")
+        if "sliding" in types and not m.sliding_window:
+            raise ConfigError("model.layer_types has 'sliding' layers but model.sliding_window=0; set the window size")
+    for key in ("attn_softcap", "final_softcap", "query_pre_attn_scalar", "rope_local_theta"):
+        if m[key] < 0:
+            raise ConfigError(f"model.{key}={m[key]} must be >= 0 (0 = off)")
+    if m.family == "gpt2":
+        on = [k for k in ("qk_norm", "norm_plus_one", "post_norms", "embed_scale", "sliding_window", "attn_softcap", "final_softcap") if m[k]]
+        if on or m.mlp_activation != "silu" or tuple(m.layer_types):
+            raise ConfigError(f"model.family=gpt2 does not take model.{(on or ['mlp_activation'])[0]}; these options are for the llama family")
+    if m.attn_softcap and m.attention_impl == "cudnn":
+        raise ConfigError("model.attn_softcap needs attention_impl=xla or blocked; cuDNN attention has no logit soft-capping")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -57,6 +82,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if m.attention_block < 1:
         raise ConfigError(f"model.attention_block={m.attention_block} must be >= 1 (query positions per block); try 64")
+    _validate_family_features(m)
     if m.family == "gpt2" and m.n_kv_heads != m.n_heads:
         raise ConfigError(f"gpt2 uses full multi-head attention; set model.n_kv_heads={m.n_heads}")
     t = config.train

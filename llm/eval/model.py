@@ -24,6 +24,7 @@ from flax import nnx
 
 from llm.errors import UserError
 from llm.eval.windows import HFEncoding, Piece, bucket_length, pack, piece, rolling_windows, row_arrays
+from llm.model.layers import softcap
 
 log = logging.getLogger("llm")
 
@@ -42,15 +43,7 @@ def _hidden_states(graphdef: nnx.GraphDef, params: Any, tokens, positions, units
         visible = (branches[:, None, :] == 0) | (branches[:, :, None] == branches[:, None, :])
         t = tokens.shape[1]
         mask = (jnp.tril(jnp.ones((t, t), bool))[None] & same_unit & visible)[:, None]
-    x = model.embed_tokens(tokens, positions)
-    rope = model.rope_tables(positions)
-    if model.spec.scan_layers:
-        block_def, stacked = nnx.split(model.blocks)
-        x, _ = jax.lax.scan(lambda h, layer: (nnx.merge(block_def, layer)(h, rope, mask), None), x, stacked)
-    else:
-        for block in model.blocks:
-            x = block(x, rope, mask)
-    return model.final_norm(x)
+    return model.run_blocks(model.embed_tokens(tokens, positions), positions, mask)
 
 
 def _slot_scores(graphdef: nnx.GraphDef, params: Any, hidden: jax.Array, flat: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -66,7 +59,7 @@ def _slot_scores(graphdef: nnx.GraphDef, params: Any, hidden: jax.Array, flat: j
 
     def body(_, xs):
         h_c, y_c = xs
-        logits = jnp.einsum("nd,dv->nv", h_c, w, preferred_element_type=jnp.float32)
+        logits = softcap(jnp.einsum("nd,dv->nv", h_c, w, preferred_element_type=jnp.float32), spec.final_softcap)
         if w.shape[1] != spec.vocab_size:
             logits = jnp.where(jnp.arange(w.shape[1]) < spec.vocab_size, logits, -1e30)
         picked = jnp.take_along_axis(logits, y_c[:, None], axis=-1)[:, 0]

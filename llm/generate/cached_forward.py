@@ -13,9 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm.generate.kv_cache import Blocks, block_arrays, block_starts, cache_attention, write_block
-
-ACT = ("batch", "length", "act_embed")
+from llm.generate.kv_cache import Blocks, block_arrays, block_starts, cache_attention, first_visible_block, write_block
 
 
 def attention_cached(
@@ -27,23 +25,27 @@ def attention_cached(
     v_cache: Blocks,
     index: jax.Array,
     reach: int = 0,
+    first: int = 0,
 ) -> tuple[jax.Array, Blocks, Blocks]:
     """`attn` (llm.model.attention.Attention) over a preallocated KV cache, (B, KV, S, hd) per
     tensor split into blocks along S.
 
     x (B, T, d) holds the tokens of cache slots index .. index+T-1, which lie inside block
     `reach` (static); their keys and values are written there and the queries attend over
-    blocks 0..reach under `mask` (B, 1, T, slots of those blocks), which the caller builds
-    from slot validity and causality. Later blocks are neither read nor written. `rope`
+    blocks first..reach under `mask` (B, 1, T, slots of blocks 0..reach), which the caller
+    builds from slot validity, causality and the layer's window; `first` (static) skips the
+    blocks wholly outside the window. Later blocks are neither read nor written. `rope`
     holds the (cos, sin) tables of x's positions, None without RoPE. Returns (out, k_cache,
     v_cache).
     """
     q, k, v = attn.qkv(x, rope)
     k_cache = write_block(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache[0].dtype), index, reach)
     v_cache = write_block(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache[0].dtype), index, reach)
-    cd = attn.spec.compute_dtype
-    read = lambda blocks: tuple(c.astype(cd) for c in blocks[: reach + 1])
-    return attn.project(cache_attention(q, read(k_cache), read(v_cache), mask)), k_cache, v_cache
+    spec = attn.spec
+    read = lambda blocks: tuple(c.astype(spec.compute_dtype) for c in blocks[first : reach + 1])  # noqa: E731
+    mask = mask[..., block_starts(k_cache)[first] :]
+    out = cache_attention(q, read(k_cache), read(v_cache), mask, spec.attention_scale, spec.attn_softcap)
+    return attn.project(out), k_cache, v_cache
 
 
 def block_cached(
@@ -55,13 +57,12 @@ def block_cached(
     v_cache: Blocks,
     index: jax.Array,
     reach: int = 0,
+    first: int = 0,
 ) -> tuple[jax.Array, Blocks, Blocks]:
     """`block` (llm.model.block.Block) with its attention over this layer's blocked KV cache
     (attention_cached). Returns (x, k_cache, v_cache)."""
-    h, k_cache, v_cache = attention_cached(block.attn, block.attn_norm(x), rope, mask, k_cache, v_cache, index, reach)
-    x = block.rules.constrain(x + h, ACT)
-    x = x + block.mlp(block.mlp_norm(x), block.rules)
-    return block.rules.constrain(x, ACT), k_cache, v_cache
+    h, k_cache, v_cache = attention_cached(block.attn, block.attn_norm(x), rope, mask, k_cache, v_cache, index, reach, first)
+    return block.mlp_residual(block.attn_residual(x, h)), k_cache, v_cache
 
 
 def hidden_states_cached(
@@ -71,7 +72,7 @@ def hidden_states_cached(
     kv_valid: jax.Array,
     cache: dict,
     index: jax.Array,
-    rope: tuple[jax.Array, jax.Array] | None = None,
+    rope: dict | None = None,
     reach: int = 0,
 ) -> tuple[jax.Array, dict]:
     """Final-norm hidden states of the decoder `model` for tokens (B, T) that occupy cache slots
@@ -79,12 +80,14 @@ def hidden_states_cached(
 
     `positions` (B, T) are the tokens' positions in their own sequence (RoPE / learned
     positions), so rows may start at different slots (left padding). `kv_valid` (B, S) marks
-    the slots that hold a real token of the row; a query sees valid slots up to its own.
-    Attention reads blocks 0..reach only: no slot beyond them can be visible yet, so the
-    decode loop runs one specialised loop per block (llm.generate.engine.decode) and a step
-    never touches the cache it has not reached. `rope`: `model.rope_tables(positions)` when
-    the caller already has them (the decode loop carries the next step's). Returns (hidden,
-    updated cache).
+    the slots that hold a real token of the row; a query sees valid slots up to its own, and
+    on a windowed layer only the last `window` of them (a row's slots are consecutive, so slot
+    distance is position distance). Attention reads blocks 0..reach at most: no slot beyond
+    them can be visible yet, so the decode loop runs one specialised loop per block
+    (llm.generate.engine.decode) and a step never touches the cache it has not reached; a
+    windowed layer also skips the blocks that lie wholly behind its window. `rope`:
+    `model.window_ropes(positions)` when the caller already has them (the decode loop carries
+    the next step's). Returns (hidden, updated cache).
     """
     spec = model.spec
     t = tokens.shape[1]
@@ -93,20 +96,33 @@ def hidden_states_cached(
     blocks = block_arrays(cache, spec.scan_layers)
     start = block_starts(blocks)[reach]
     end = start + blocks[reach].shape[-2]
-    slots = jnp.arange(end)
-    query_slots = index + jnp.arange(t)
-    mask = kv_valid[:, None, None, :end] & (slots[None, None, None, :] <= query_slots[None, None, :, None])
+    slots = jnp.arange(end)[None, None, None, :]
+    query_slots = (index + jnp.arange(t))[None, None, :, None]
+    visible = kv_valid[:, None, None, :end] & (slots <= query_slots)
+    masks = {w: visible if not w else visible & (slots > query_slots - w) for w in sorted(set(spec.windows))}
     if rope is None:
-        rope = model.rope_tables(positions)
+        rope = model.window_ropes(positions)
+    firsts = {w: first_visible_block(blocks, reach, w) for w in masks}
     if spec.scan_layers:
         graphdef, stacked = nnx.split(model.blocks)
         offset = index - start
+        windows = sorted(masks)
+        if len(windows) == 1:
+            window_of = lambda layer: (rope[windows[0]], masks[windows[0]], firsts[windows[0]])  # noqa: E731
+        else:  # layers differ (Gemma): each picks its tables and mask by index, reading every block
+            kinds = jnp.asarray([windows.index(w) for w in spec.windows], jnp.int32)
+            ropes = jax.tree_util.tree_map(lambda *tables: jnp.stack(tables), *[rope[w] for w in windows])
+            stacked_masks = jnp.stack([masks[w] for w in windows])
+            window_of = lambda layer: (  # noqa: E731
+                jax.tree_util.tree_map(lambda tables: tables[kinds[layer]], ropes), stacked_masks[kinds[layer]], 0
+            )
 
         def body(carry, layer_state):
             h, k_all, v_all, layer = carry
+            layer_rope, mask, first = window_of(layer)
             k_l = tuple(jax.lax.dynamic_index_in_dim(kb, layer, 0, keepdims=False) for kb in k_all[: reach + 1])
             v_l = tuple(jax.lax.dynamic_index_in_dim(vb, layer, 0, keepdims=False) for vb in v_all[: reach + 1])
-            h, k_l, v_l = block_cached(nnx.merge(graphdef, layer_state), h, rope, mask, k_l, v_l, index, reach)
+            h, k_l, v_l = block_cached(nnx.merge(graphdef, layer_state), h, layer_rope, mask, k_l, v_l, index, reach, first)
 
             def write_back(stack: jax.Array, layer_block: jax.Array) -> jax.Array:
                 # Only the new slots go back into the stack, not the whole layer.
@@ -122,10 +138,10 @@ def hidden_states_cached(
         new_cache = {"k": k_all, "v": v_all}
     else:
         ks, vs = [], []
-        for i, block in enumerate(model.blocks):
+        for i, (block, w) in enumerate(zip(model.blocks, spec.windows)):
             k_l = tuple(kb[i] for kb in k_blocks)
             v_l = tuple(vb[i] for vb in v_blocks)
-            x, k_l, v_l = block_cached(block, x, rope, mask, k_l, v_l, index, reach)
+            x, k_l, v_l = block_cached(block, x, rope[w], masks[w], k_l, v_l, index, reach, firsts[w])
             ks.append(k_l)
             vs.append(v_l)
         # Back to blocks of per-layer arrays.

@@ -47,7 +47,7 @@ class DecodeState(NamedTuple):
     # () f32: the returned log-probs are of logits / this (1 = the model's own distribution; RL
     # rollouts pass the sampling temperature, which is what their training forward computes)
     logprob_temperature: jax.Array
-    rope: Any = None  # RoPE (cos, sin) of `last`'s positions (model.rope_tables), None without RoPE
+    rope: Any = None  # layer window -> RoPE (cos, sin) of `last`'s positions (model.window_ropes)
 
 
 def _hit_stop(tokens: jax.Array, column: jax.Array, stop_ids: jax.Array) -> jax.Array:
@@ -141,7 +141,7 @@ def _next_rope(model: Any, state: DecodeState) -> DecodeState:
     each layer's q and k rotation by XLA, which then evaluates them once per element (heads x
     head_dim times too often) in every layer."""
     positions = jnp.minimum(state.positions, model.spec.max_seq_len - 1)[:, None]
-    return state._replace(rope=model.rope_tables(positions))
+    return state._replace(rope=model.window_ropes(positions))
 
 
 def decode(

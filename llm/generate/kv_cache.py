@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llm.model.layers import softcap
+
 Blocks = tuple  # one layer's K or V split along its slots: (B, KV, n_j, hd) per block
 
 DECODE_BLOCK = 32
@@ -84,22 +86,40 @@ def write_block(blocks: Blocks, new: jax.Array, index: jax.Array, reach: int) ->
     return tuple(out)
 
 
-def cache_attention(q: jax.Array, k_blocks: Blocks, v_blocks: Blocks, mask: jax.Array) -> jax.Array:
+def first_visible_block(blocks: Sequence[jax.Array], reach: int, window: int) -> int:
+    """The first cache block a query in block `reach` can see through a window of `window` slots
+    (0 = none): earlier blocks end at least `window` slots before any such query, so they are
+    not read at all. Static, from the block sizes."""
+    if not window:
+        return 0
+    starts = block_starts(blocks)
+    first = 0
+    for b in range(reach):
+        if starts[b] + blocks[b].shape[-2] - 1 <= starts[reach] - window:
+            first = b + 1
+    return first
+
+
+def cache_attention(
+    q: jax.Array, k_blocks: Blocks, v_blocks: Blocks, mask: jax.Array, scale: float | None = None, softcap_at: float = 0.0
+) -> jax.Array:
     """Attention of q (B, T, H, hd) over a KV cache laid out (B, KV, S, hd) and split along S
     into blocks, under a boolean mask (B, 1, T, S) over those blocks' slots. Returns (B, T, H, hd).
 
     The cache keeps (batch, kv head) leading so both matmuls are batched dots with no transpose
     of the cache: `jax.nn.dot_product_attention` takes (B, S, KV, hd) and XLA would copy the whole
     cache into the other layout every decode step. Query head h reads kv head h // (H / KV), as
-    in jax.nn.dot_product_attention and Hugging Face's repeat_kv. Scores and softmax are f32.
-    The caller passes only the blocks decoding has reached (llm.generate.cached_forward).
+    in jax.nn.dot_product_attention and Hugging Face's repeat_kv. Scores (times `scale`, default
+    head_dim ** -0.5, soft-capped at `softcap_at` when > 0) and softmax are f32. The caller
+    passes only the blocks decoding has reached and can see (llm.generate.cached_forward).
     """
     b, t, h, hd = q.shape
     kv = k_blocks[0].shape[1]
     g = h // kv
     qg = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
     scores = [jnp.einsum("bkqd,bksd->bkqs", qg, k, preferred_element_type=jnp.float32) for k in k_blocks]
-    scores = (scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)).reshape(b, kv, g, t, -1) * (hd**-0.5)
+    scale = hd**-0.5 if scale is None else scale
+    scores = softcap((scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)).reshape(b, kv, g, t, -1) * scale, softcap_at)
     scores = jnp.where(mask[:, :, None], scores, -1e30)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_blocks[0].dtype).reshape(b, kv, g * t, -1)
     out = None

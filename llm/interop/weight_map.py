@@ -1,4 +1,5 @@
-"""Tensor names and layouts: Hugging Face (Llama / Mistral / Qwen2, GPT-2) <-> our param tree.
+"""Tensor names and layouts: Hugging Face (Llama / Mistral / Qwen2 / Qwen3 / Gemma 2 / Gemma 3,
+GPT-2) <-> our param tree.
 
 Each `Rule` ties one Hugging Face tensor to one or more of our parameters (GPT-2's fused
 c_attn feeds q, k and v) with a pure numpy transform each way. Our paths use the unscanned
@@ -94,7 +95,9 @@ def _lm_head(vocab: int, padded: int, d: int) -> Rule:
 
 
 def llama_rules(spec: ModelSpec) -> list[Rule]:
-    """Llama, Mistral and Qwen2 (Qwen2 adds q/k/v biases)."""
+    """Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (q/k norms) and Gemma 2/3 (sandwich norms:
+    their post_attention_layernorm is the attention's output norm, pre_feedforward_layernorm
+    the MLP's input norm)."""
     d, h, kv, hd, f = spec.d_model, spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.d_ff
     rules = [_embedding("model.embed_tokens.weight", ("embed",), spec.vocab_size, spec.padded_vocab, d)]
     for i in range(spec.n_layers):
@@ -111,9 +114,21 @@ def llama_rules(spec: ModelSpec) -> list[Rule]:
                 _reshape(p + "self_attn.k_proj.bias", (*b, "attn", "k", "bias"), (kv, hd)),
                 _reshape(p + "self_attn.v_proj.bias", (*b, "attn", "v", "bias"), (kv, hd)),
             ]
+        if spec.qk_norm:
+            rules += [
+                _identity(p + "self_attn.q_norm.weight", (hd,), (*b, "attn", "q_norm", "scale")),
+                _identity(p + "self_attn.k_norm.weight", (hd,), (*b, "attn", "k_norm", "scale")),
+            ]
+        if spec.post_norms:
+            rules += [
+                _identity(p + "post_attention_layernorm.weight", (d,), (*b, "attn_post_norm", "scale")),
+                _identity(p + "pre_feedforward_layernorm.weight", (d,), (*b, "mlp_norm", "scale")),
+                _identity(p + "post_feedforward_layernorm.weight", (d,), (*b, "mlp_post_norm", "scale")),
+            ]
+        else:
+            rules.append(_identity(p + "post_attention_layernorm.weight", (d,), (*b, "mlp_norm", "scale")))
         rules += [
             _linear_out(p + "self_attn.o_proj.weight", (*b, "attn", "o", "kernel"), (h, hd), d),
-            _identity(p + "post_attention_layernorm.weight", (d,), (*b, "mlp_norm", "scale")),
             _linear_in(p + "mlp.gate_proj.weight", (*b, "mlp", "gate", "kernel"), d, (f,)),
             _linear_in(p + "mlp.up_proj.weight", (*b, "mlp", "up", "kernel"), d, (f,)),
             _linear_out(p + "mlp.down_proj.weight", (*b, "mlp", "down", "kernel"), (f,), d),

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm.model.layers import Dense
+from llm.model.layers import Dense, RMSNorm, softcap
 from llm.model.rope import rotate
 from llm.model.spec import ModelSpec
 from llm.parallel.rules import AxisRules
@@ -21,7 +21,21 @@ def attention_mask(segment_ids: jax.Array | None, length: int) -> jax.Array | No
     return (same & causal)[:, None, :, :]
 
 
-def blocked_causal_attention(q, k, v, mask: jax.Array | None, block: int) -> jax.Array:
+def window_mask(mask: jax.Array | None, positions: jax.Array, window: int) -> jax.Array:
+    """`mask` (None = causal only) narrowed to the keys at most window - 1 positions before the
+    query, (B, 1, T, T). By positions, not columns, so packed documents (positions restart) and
+    packed scoring trees (llm.eval) measure the distance within their own sequence, as Hugging
+    Face's sliding-window mask does."""
+    t = positions.shape[1]
+    if mask is None:
+        mask = jnp.tril(jnp.ones((t, t), dtype=bool))[None, None]
+    near = (positions[:, :, None] - positions[:, None, :]) < window
+    return mask & near[:, None]
+
+
+def blocked_causal_attention(
+    q, k, v, mask: jax.Array | None, block: int, scale: float | None = None, softcap_at: float = 0.0, window: int = 0
+) -> jax.Array:
     """Causal attention of q (B, T, H, hd) over k, v (B, T, KV, hd), computed in query blocks of
     `block` positions that each read only the keys up to their own end. Returns (B, T, H, hd).
 
@@ -29,51 +43,63 @@ def blocked_causal_attention(q, k, v, mask: jax.Array | None, block: int) -> jax
     the masked upper triangle. On CPU that waste dominates: for the `small` config (8 x 256,
     8 heads of 64) XLA's dot_product_attention takes ~74 ms per layer forward + backward and this
     ~43 ms with 64-position blocks (measured on the 2-core dev VM), with the same values up to f32
-    rounding. `mask` is the (B, 1, T, T) causal + same-segment mask (None = causal only). Scores
-    and softmax are f32; the softmax is normalised after the value matmul (on (T, hd) rather
-    than (T, S)), with the row max held constant, which changes no value or gradient.
+    rounding. `mask` is the (B, 1, T, T) causal + same-segment (+ window) mask (None = causal
+    only). `window` > 0: the caller guarantees no query sees a key `window` or more columns
+    back (true when columns are positions within each packed document), so each block also
+    skips the keys before its window. Scores (times `scale`, default head_dim ** -0.5, then
+    soft-capped at `softcap_at`, 0 = off) and softmax are f32; the softmax is normalised after the value
+    matmul (on (T, hd) rather than (T, S)), with the row max held constant, which changes no
+    value or gradient.
     """
     b, t, h, hd = q.shape
     kvh = k.shape[2]
     g = h // kvh
-    qt = (q * jnp.asarray(hd**-0.5, q.dtype)).reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4)  # (B, KV, G, T, hd)
+    scale = hd**-0.5 if scale is None else scale
+    qt = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4)  # (B, KV, G, T, hd)
     kt = k.transpose(0, 2, 1, 3)  # (B, KV, S, hd)
     vt = v.transpose(0, 2, 1, 3)
     outs = []
     for start in range(0, t, block):
         end = min(start + block, t)
+        first = max(0, start - window + 1) if window else 0
         scores = jnp.einsum(
-            "bkgqd,bksd->bkgqs", qt[:, :, :, start:end], kt[:, :, :end], preferred_element_type=jnp.float32
+            "bkgqd,bksd->bkgqs", qt[:, :, :, start:end], kt[:, :, first:end], preferred_element_type=jnp.float32
         )
+        scores = softcap(scores, softcap_at)
         if mask is None:
-            visible = jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :]
+            rows, cols = jnp.arange(start, end)[:, None], jnp.arange(first, end)[None, :]
+            visible = (rows >= cols) & ((rows - cols < window) if window else True)
         else:
-            visible = mask[:, :, None, start:end, :end]  # (B, 1, 1, q, s)
+            visible = mask[:, :, None, start:end, first:end]  # (B, 1, 1, q, s)
         scores = jnp.where(visible, scores, -1e30)
         peak = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
         weights = jnp.exp(scores - peak)
         total = jnp.sum(weights, axis=-1, keepdims=True)
-        out = jnp.einsum("bkgqs,bksd->bkgqd", weights.astype(v.dtype), vt[:, :, :end], preferred_element_type=jnp.float32)
+        out = jnp.einsum("bkgqs,bksd->bkgqd", weights.astype(v.dtype), vt[:, :, first:end], preferred_element_type=jnp.float32)
         outs.append(out / total)
     out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd).astype(q.dtype)
 
 
-def attend(q, k, v, mask, implementation: str, block: int = 0) -> jax.Array:
+def attend(
+    q, k, v, mask, implementation: str, block: int = 0, scale: float | None = None, softcap_at: float = 0.0, window: int = 0
+) -> jax.Array:
     """Causal attention with the chosen implementation.
 
     `blocked` is blocked_causal_attention (the fastest on CPU). The cuDNN path gets packing as
     an additive bias plus `is_causal`, because a bias is what it documents honouring; the XLA
-    path takes the boolean mask directly.
+    path takes the boolean mask directly. Soft-capped scores (Gemma 2) are not something
+    jax.nn.dot_product_attention computes, so they take the blocked path, in one block for xla.
+    `window` (static) only lets the blocked path skip keys; `mask` already holds the window.
     """
-    if implementation == "blocked":
-        return blocked_causal_attention(q, k, v, mask, block)
+    if implementation == "blocked" or softcap_at:
+        return blocked_causal_attention(q, k, v, mask, block if implementation == "blocked" else q.shape[1], scale, softcap_at, window)
     if mask is None:
-        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation=implementation)
     if implementation == "cudnn":
         bias = jnp.where(mask, 0.0, jnp.finfo(q.dtype).min).astype(q.dtype)
-        return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=True, implementation="cudnn")
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=True, implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
 
 
 class Attention(nnx.Module):
@@ -89,6 +115,9 @@ class Attention(nnx.Module):
             (h, hd), (d,), ("heads", "kv"), ("embed",), use_bias=spec.is_gpt2,
             std=out_std, dtype=spec.param_dtype, rngs=rngs,
         )
+        if spec.qk_norm:  # Qwen3 / Gemma 3: RMSNorm over each head's vector, before RoPE
+            self.q_norm = RMSNorm(hd, spec.norm_eps, spec.param_dtype, rngs, spec.norm_plus_one)
+            self.k_norm = RMSNorm(hd, spec.norm_eps, spec.param_dtype, rngs, spec.norm_plus_one)
         self.spec = spec
         self.rules = rules
 
@@ -98,15 +127,22 @@ class Attention(nnx.Module):
         q = self.rules.constrain(self.q(x, cd), ("batch", "length", "act_heads", None))
         k = self.rules.constrain(self.k(x, cd), ("batch", "length", "act_kv_heads", None))
         v = self.rules.constrain(self.v(x, cd), ("batch", "length", "act_kv_heads", None))
+        if self.spec.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
         return q, k, v
 
-    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, mask: jax.Array | None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None, mask: jax.Array | None, window: int = 0
+    ) -> jax.Array:
         """Causal self-attention of x (batch, length, d_model); `rope` holds the (cos, sin) tables
-        of x's positions (llm.model.rope.rope_tables), None without RoPE."""
+        of x's positions (llm.model.rope.rope_tables), None without RoPE; `mask` holds segments
+        and this layer's window, `window` (static) lets the blocked path skip keys (see attend)."""
         q, k, v = self.qkv(x, rope)
-        return self.project(attend(q, k, v, mask, self.spec.attention_impl, self.spec.attention_block))
+        spec = self.spec
+        out = attend(q, k, v, mask, spec.attention_impl, spec.attention_block, spec.attention_scale, spec.attn_softcap, window)
+        return self.project(out)
 
     def project(self, heads: jax.Array) -> jax.Array:
         """The output projection of the attended heads (batch, length, heads, head_dim)."""

@@ -1,4 +1,5 @@
-"""One pre-norm transformer block: attention + MLP (SwiGLU for Llama, GELU for GPT-2)."""
+"""One pre-norm transformer block: attention + MLP (SwiGLU for Llama, GeGLU for Gemma, GELU for
+GPT-2), with Gemma's post-attention / post-MLP norms when the spec asks for them."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ class MLP(nnx.Module):
     def __call__(self, x: jax.Array, rules: AxisRules) -> jax.Array:
         cd = self.spec.compute_dtype
         if self.gated:
-            h = jax.nn.silu(self.gate(x, cd)) * self.up(x, cd)
+            gate = self.gate(x, cd)
+            act = jax.nn.gelu(gate, approximate=True) if self.spec.mlp_activation == "gelu_tanh" else jax.nn.silu(gate)
+            h = act * self.up(x, cd)
         else:
             h = jax.nn.gelu(self.up(x, cd), approximate=True)
         h = rules.constrain(h, ("batch", "length", "act_mlp"))
@@ -37,16 +40,31 @@ class MLP(nnx.Module):
 
 class Block(nnx.Module):
     def __init__(self, spec: ModelSpec, rules: AxisRules, rngs: nnx.Rngs):
-        self.attn_norm = make_norm(spec.family, spec.d_model, spec.norm_eps, spec.param_dtype, rngs)
+        norm = lambda: make_norm(spec.family, spec.d_model, spec.norm_eps, spec.param_dtype, rngs, spec.norm_plus_one)  # noqa: E731
+        self.attn_norm = norm()
         self.attn = Attention(spec, rules, rngs)
-        self.mlp_norm = make_norm(spec.family, spec.d_model, spec.norm_eps, spec.param_dtype, rngs)
+        self.mlp_norm = norm()
         self.mlp = MLP(spec, rngs)
+        if spec.post_norms:
+            self.attn_post_norm = norm()
+            self.mlp_post_norm = norm()
+        self.post_norms = spec.post_norms
         self.rules = rules
 
-    def __call__(self, x: jax.Array, rope: tuple | None, mask: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, rope: tuple | None, mask: jax.Array | None, window: int = 0) -> jax.Array:
         """`rope`: the (cos, sin) tables of x's positions, computed once for all layers (None
-        without RoPE); `mask`: the (B, 1, T, T) causal + segment mask or None (causal only)."""
-        x = x + self.attn(self.attn_norm(x), rope, mask)
-        x = self.rules.constrain(x, ("batch", "length", "act_embed"))
-        x = x + self.mlp(self.mlp_norm(x), self.rules)
-        return self.rules.constrain(x, ("batch", "length", "act_embed"))
+        without RoPE); `mask`: the (B, 1, T, T) causal + segment (+ window) mask or None (causal
+        only); `window`: this layer's window, static (see llm.model.attention.attend)."""
+        return self.mlp_residual(self.attn_residual(x, self.attn(self.attn_norm(x), rope, mask, window)))
+
+    def attn_residual(self, x: jax.Array, attended: jax.Array) -> jax.Array:
+        """x plus the attention output (post-normed for Gemma); shared with the KV-cache decoder."""
+        if self.post_norms:
+            attended = self.attn_post_norm(attended)
+        return self.rules.constrain(x + attended, ("batch", "length", "act_embed"))
+
+    def mlp_residual(self, x: jax.Array) -> jax.Array:
+        h = self.mlp(self.mlp_norm(x), self.rules)
+        if self.post_norms:
+            h = self.mlp_post_norm(h)
+        return self.rules.constrain(x + h, ("batch", "length", "act_embed"))

@@ -91,14 +91,20 @@ def kernel_input_dims(module: nnx.Module) -> dict[tuple, int]:
 
 
 class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float, dtype, rngs: nnx.Rngs):
+    """RMSNorm over the last axis. plus_one (Gemma): scales by (1 + weight), the weight starting
+    at 0, as Gemma checkpoints store it."""
+
+    def __init__(self, dim: int, eps: float, dtype, rngs: nnx.Rngs, plus_one: bool = False):
         self.eps = eps
-        self.scale = param(rngs, nnx.initializers.ones, (dim,), ("norm",), dtype)
+        self.plus_one = plus_one
+        init = nnx.initializers.zeros if plus_one else nnx.initializers.ones
+        self.scale = param(rngs, init, (dim,), ("norm",), dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+        scale = self.scale[...].astype(jnp.float32)
+        return (y * (1.0 + scale if self.plus_one else scale)).astype(x.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -115,5 +121,10 @@ class LayerNorm(nnx.Module):
         return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def make_norm(family: str, dim: int, eps: float, dtype, rngs: nnx.Rngs) -> nnx.Module:
-    return LayerNorm(dim, eps, dtype, rngs) if family == "gpt2" else RMSNorm(dim, eps, dtype, rngs)
+def make_norm(family: str, dim: int, eps: float, dtype, rngs: nnx.Rngs, plus_one: bool = False) -> nnx.Module:
+    return LayerNorm(dim, eps, dtype, rngs) if family == "gpt2" else RMSNorm(dim, eps, dtype, rngs, plus_one)
+
+
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+    """cap * tanh(x / cap) (Gemma 2's attention and final-logit soft-capping); x itself when cap is 0."""
+    return x if not cap else jnp.tanh(x / cap) * cap

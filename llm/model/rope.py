@@ -14,13 +14,16 @@ import numpy as np
 
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: tuple = ()) -> np.ndarray:
-    """Per-pair inverse frequencies; `scaling` is () or ("llama3", factor, low, high, orig_max)."""
+    """Per-pair inverse frequencies; `scaling` is (), ("llama3", factor, low, high, orig_max) or
+    ("linear", factor)."""
     inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     if not scaling:
         return inv.astype(np.float32)
+    if scaling[0] == "linear":  # positions divided by the factor (Gemma 3's global layers)
+        return (inv / scaling[1]).astype(np.float32)
     kind, factor, low_freq_factor, high_freq_factor, original_max = scaling
     if kind != "llama3":
-        raise ValueError(f"unknown rope scaling type {kind!r}; supported: llama3")
+        raise ValueError(f"unknown rope scaling type {kind!r}; supported: llama3, linear")
     low_freq_wavelen = original_max / low_freq_factor
     high_freq_wavelen = original_max / high_freq_factor
     wavelen = 2 * math.pi / inv

@@ -28,7 +28,7 @@ class ModelSpec:
     max_seq_len: int
     norm_eps: float
     rope_theta: float
-    rope_scaling: tuple  # () or ("llama3", factor, low, high, original_max_position)
+    rope_scaling: tuple  # (), ("llama3", factor, low, high, original_max_position) or ("linear", factor)
     qkv_bias: bool
     tie_embeddings: bool
     init_std: float
@@ -39,10 +39,39 @@ class ModelSpec:
     compute_dtype: jnp.dtype
     loss_chunk: int = 0  # positions per logits + loss chunk in training (0 = all at once)
     attention_block: int = 64  # query positions per block when attention_impl is "blocked"
+    # Family features (Qwen3, Gemma 2/3, windowed Mistral); see config.model in llm.config.base.
+    layer_windows: tuple = ()  # per layer: keys a query sees (0 = all earlier ones); () = all 0
+    rope_local_theta: float = 0.0  # RoPE base of windowed layers (0 = the full layers' tables)
+    qk_norm: bool = False
+    norm_plus_one: bool = False
+    post_norms: bool = False
+    mlp_activation: str = "silu"
+    embed_scale: bool = False
+    query_pre_attn_scalar: float = 0.0
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
 
     @property
     def is_gpt2(self) -> bool:
         return self.family == "gpt2"
+
+    @property
+    def windows(self) -> tuple[int, ...]:
+        """Every layer's window (0 = none)."""
+        return self.layer_windows or (0,) * self.n_layers
+
+    @property
+    def attention_scale(self) -> float:
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+
+def layer_windows(m: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """Per-layer windows from model.sliding_window and model.layer_types; () when no layer has one."""
+    if not m.sliding_window:
+        return ()
+    types = tuple(m.layer_types) or ("sliding",) * m.n_layers
+    windows = tuple(int(m.sliding_window) if t == "sliding" else 0 for t in types)
+    return windows if any(windows) else ()
 
 
 def resolve_compute_dtype(name: str, platform: str | None = None) -> jnp.dtype:
@@ -62,9 +91,11 @@ def padded_vocab_size(vocab_size: int, multiple: int, shards: int = 1) -> int:
 def model_spec(config: ml_collections.ConfigDict, vocab_shards: int = 1, platform: str | None = None) -> ModelSpec:
     m = config.model
     scaling = ()
-    if m.rope_scaling.type == "llama3":
-        r = m.rope_scaling
+    r = m.rope_scaling
+    if r.type == "llama3":
         scaling = ("llama3", float(r.factor), float(r.low_freq_factor), float(r.high_freq_factor), int(r.original_max_position))
+    elif r.type == "linear":
+        scaling = ("linear", float(r.factor))
     return ModelSpec(
         family=m.family,
         vocab_size=m.vocab_size,
@@ -89,6 +120,16 @@ def model_spec(config: ml_collections.ConfigDict, vocab_shards: int = 1, platfor
         compute_dtype=resolve_compute_dtype(config.precision.compute, platform),
         loss_chunk=int(m.loss_chunk),
         attention_block=int(m.attention_block),
+        layer_windows=layer_windows(m),
+        rope_local_theta=float(m.rope_local_theta),
+        qk_norm=bool(m.qk_norm),
+        norm_plus_one=bool(m.norm_plus_one),
+        post_norms=bool(m.post_norms),
+        mlp_activation=m.mlp_activation,
+        embed_scale=bool(m.embed_scale),
+        query_pre_attn_scalar=float(m.query_pre_attn_scalar),
+        attn_softcap=float(m.attn_softcap),
+        final_softcap=float(m.final_softcap),
     )
 
 
@@ -105,8 +146,9 @@ def param_count(spec: ModelSpec) -> int:
         positions = spec.max_seq_len * d
     else:
         attn += (h * hd + 2 * kv * hd) if spec.qkv_bias else 0
+        attn += 2 * hd if spec.qk_norm else 0
         mlp = 3 * d * spec.d_ff
-        norms = 2 * d
+        norms = (4 if spec.post_norms else 2) * d
         final_norm = d
         positions = 0
     embed = spec.padded_vocab * d

@@ -21,13 +21,18 @@ if TYPE_CHECKING:
     from llm.model.decoder import Decoder
 
 
-def _chunk_logits(h, w, vocab_size: int, constrain):
-    """f32 logits of one chunk of hidden states; padded vocabulary columns can never be predicted."""
-    logits = jnp.einsum("btd,dv->btv", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
-    logits = constrain(logits)
+def _chunk_logits(h, w, vocab_size: int, constrain, softcap_at: float = 0.0):
+    """(f32 logits of one chunk of hidden states, their derivative w.r.t. the matmul's output or
+    None): padded vocabulary columns can never be predicted; softcap_at > 0 caps the logits at
+    cap * tanh(z / cap) (Gemma 2), whose slope the backward needs."""
+    logits = constrain(jnp.einsum("btd,dv->btv", h, w.astype(h.dtype), preferred_element_type=jnp.float32))
+    slope = None
+    if softcap_at:
+        capped = jnp.tanh(logits / softcap_at)
+        logits, slope = capped * softcap_at, 1.0 - jnp.square(capped)
     if vocab_size != w.shape[1]:
         logits = jnp.where(jnp.arange(w.shape[1]) < vocab_size, logits, -1e30)
-    return logits
+    return logits, slope
 
 
 def _split(x: jax.Array, chunk: int) -> jax.Array:
@@ -49,8 +54,10 @@ def chunked_target_logprobs(
     vocab_size: int,
     chunk: int,
     constrain: Callable[[jax.Array], jax.Array] = lambda x: x,
+    softcap_at: float = 0.0,
 ) -> jax.Array:
-    """log softmax(hidden @ w)[targets], (batch, length) f32, `chunk` positions at a time.
+    """log softmax(hidden @ w)[targets], (batch, length) f32, `chunk` positions at a time
+    (with the logits soft-capped at `softcap_at` when > 0).
 
     The gradient w.r.t. the logits is g * (onehot - softmax); unlike the training loss (a scalar,
     whose gradients the forward can finish at once) the per-token cotangent g arrives only in
@@ -73,7 +80,7 @@ def chunked_target_logprobs(
 
     def forward(h, w, y):
         def body(_, hy):
-            logits = _chunk_logits(hy[0], w, vocab_size, constrain)
+            logits, _ = _chunk_logits(hy[0], w, vocab_size, constrain, softcap_at)
             lse = jax.nn.logsumexp(logits, axis=-1)
             return None, (jnp.take_along_axis(logits, hy[1][..., None], axis=-1)[..., 0] - lse, lse)
 
@@ -86,8 +93,9 @@ def chunked_target_logprobs(
 
         def body(dw, xs):
             h_i, y_i, lse_i, g_i = xs
-            probs = jnp.exp(_chunk_logits(h_i, w, vocab_size, constrain) - lse_i[..., None])
-            d_logits = ((jax.nn.one_hot(y_i, w.shape[1], dtype=jnp.float32) - probs) * g_i[..., None]).astype(cd)
+            logits, slope = _chunk_logits(h_i, w, vocab_size, constrain, softcap_at)
+            d_logits = (jax.nn.one_hot(y_i, w.shape[1], dtype=jnp.float32) - jnp.exp(logits - lse_i[..., None])) * g_i[..., None]
+            d_logits = (d_logits if slope is None else d_logits * slope).astype(cd)
             dh_i = jnp.einsum("btv,dv->btd", d_logits, w.astype(cd)).astype(h.dtype)
             return dw + jnp.einsum("btd,btv->dv", h_i, d_logits, preferred_element_type=jnp.float32), dh_i
 
@@ -109,12 +117,16 @@ def token_logprobs(model: Decoder, hidden: jax.Array, targets: jax.Array, temper
     (TRL's GRPO divides the logits the same way); the chunked path scales the head instead,
     which is the same product."""
     spec, chunk = model.spec, model.spec.loss_chunk
-    if chunk and chunk < hidden.shape[1]:
+    # Soft-capped logits (Gemma 2) divide by the temperature after the cap, which scaling the
+    # head cannot express: that case takes the full logits.
+    if chunk and chunk < hidden.shape[1] and not (spec.final_softcap and temperature != 1.0):
         w = model.embed[...].T if model.head is None else model.head[...]
         if temperature != 1.0:
             w = w.astype(jnp.float32) / temperature
         constrain = lambda x: model.rules.constrain(x, ("batch", "length", "act_vocab"))  # noqa: E731
-        return chunked_target_logprobs(hidden, w, targets, vocab_size=spec.vocab_size, chunk=chunk, constrain=constrain)
+        return chunked_target_logprobs(
+            hidden, w, targets, vocab_size=spec.vocab_size, chunk=chunk, constrain=constrain, softcap_at=spec.final_softcap
+        )
     logits = model.logits(hidden)
     if temperature != 1.0:
         logits = logits.astype(jnp.float32) / temperature

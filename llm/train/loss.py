@@ -21,12 +21,15 @@ def cross_entropy_sums(
     return total.sum(), nll.sum(), mask.sum()
 
 
-def _chunk_terms(h, w, y, m, z_loss: float, vocab_size: int, constrain):
+def _chunk_terms(h, w, y, m, z_loss: float, vocab_size: int, constrain, softcap_at: float = 0.0):
     """One chunk's (loss sum, nll sum) and their gradients w.r.t. h and w, computed together:
-    softmax - onehot is the logits' gradient, so no logits outlive the chunk."""
+    softmax - onehot is the logits' gradient, so no logits outlive the chunk. softcap_at: the
+    logits are cap * tanh(z / cap) of the matmul's z (Gemma 2), whose derivative scales g."""
     cd = h.dtype
-    logits = jnp.einsum("btd,dv->btv", h, w.astype(cd), preferred_element_type=jnp.float32)
-    logits = constrain(logits)
+    logits = constrain(jnp.einsum("btd,dv->btv", h, w.astype(cd), preferred_element_type=jnp.float32))
+    if softcap_at:
+        capped = jnp.tanh(logits / softcap_at)
+        logits, slope = capped * softcap_at, 1.0 - jnp.square(capped)
     if vocab_size != w.shape[1]:
         logits = jnp.where(jnp.arange(w.shape[1]) < vocab_size, logits, -1e30)
     lse = jax.nn.logsumexp(logits, axis=-1)
@@ -35,6 +38,8 @@ def _chunk_terms(h, w, y, m, z_loss: float, vocab_size: int, constrain):
     probs = jnp.exp(logits - lse[..., None])
     weight = m * (1.0 + 2.0 * z_loss * lse) if z_loss else m  # d(nll + z lse^2)/d lse, per token
     g = probs * weight[..., None] - jax.nn.one_hot(y, w.shape[1], dtype=jnp.float32) * m[..., None]
+    if softcap_at:
+        g = g * slope
     total = nll + (z_loss * (jnp.square(lse) * m).sum() if z_loss else 0.0)
     dh = jnp.einsum("btv,dv->btd", g.astype(cd), w.astype(cd)).astype(h.dtype)
     dw = jnp.einsum("btd,btv->dv", h, g.astype(cd), preferred_element_type=jnp.float32)
@@ -51,6 +56,7 @@ def fused_head_cross_entropy(
     z_loss: float = 0.0,
     chunk: int,
     constrain: Callable[[jax.Array], jax.Array] = lambda x: x,
+    softcap_at: float = 0.0,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """cross_entropy_sums(hidden @ w, ...) without ever holding the (batch, length, vocab) logits.
 
@@ -75,7 +81,7 @@ def fused_head_cross_entropy(
         totals, nlls, dhs, dw = [], [], [], None
         for i in range(0, t, chunk):  # a Python loop: XLA's cost analysis counts a loop body once
             total, nll, dh, dw_i = _chunk_terms(h[:, i : i + chunk], w, targets[:, i : i + chunk], mask[:, i : i + chunk],
-                                                z_loss, vocab_size, constrain)
+                                                z_loss, vocab_size, constrain, softcap_at)
             totals.append(total)
             nlls.append(nll)
             dhs.append(dh)
@@ -113,7 +119,7 @@ def lm_loss_fn(graphdef: nnx.GraphDef, z_loss: float = 0.0, combine: Callable | 
             constrain = lambda x: model.rules.constrain(x, ("batch", "length", "act_vocab"))  # noqa: E731
             total, nll, count = fused_head_cross_entropy(
                 hidden, w, batch["targets"], batch["loss_mask"], vocab_size=spec.vocab_size, z_loss=z_loss,
-                chunk=chunk, constrain=constrain,
+                chunk=chunk, constrain=constrain, softcap_at=spec.final_softcap,
             )
         else:
             total, nll, count = cross_entropy_sums(model.logits(hidden), batch["targets"], batch["loss_mask"], z_loss)
