@@ -12,6 +12,10 @@ one batch. Batch mode reads JSON lines with a "prompt" field (and optionally
 turn, as `llm sft` trained it; with --chat an input line may instead hold SFT "messages", whose
 turns up to the last user turn are the prompt (so a held-out SFT file can be completed as is).
 `--config.a.b=value` overrides apply to the checkpoint's stored config (e.g. the mesh).
+A Hugging Face model directory generates as transformers' text-generation pipeline does: the
+prompt encoded as its AutoTokenizer encodes it (BOS or not), its generation_config.json's eos ids
+(every one stops) and sampling defaults unless a flag says otherwise, special tokens left out of
+the text.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from pathlib import Path
 from llm.data.jsonl import read_jsonl
 from llm.errors import UserError
 
+DEFAULT_MAX_NEW = 64
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="complete prompts with a trained model (KV-cache sampler)")
@@ -35,13 +41,15 @@ def add_parser(subparsers) -> None:
     src.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
     src.add_argument("--input", help="JSONL file of {\"prompt\": ...} objects")
     p.add_argument("--output", help="where --input results go (JSONL)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"default: the model's generation_config.json max_new_tokens (or max_length), else {DEFAULT_MAX_NEW}")
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: generation_config.json's, else 0)")
+    p.add_argument("--top-k", type=int, default=None, help="0 = off (default: generation_config.json's when it samples)")
+    p.add_argument("--top-p", type=float, default=None, help="1 = off (default: generation_config.json's when it samples)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop token text (one token; escapes like \\n work)")
-    p.add_argument("--no-eos-stop", action="store_true", help="do not stop at the tokenizer's EOS token")
+    p.add_argument("--no-eos-stop", action="store_true",
+                   help="do not stop at EOS (the generation_config.json eos ids of a Hugging Face model, else the tokenizer's)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per batch in --input mode")
     p.add_argument("--chunk-tokens", type=int, default=8, help="tokens decoded between console updates")
     p.add_argument("--logprobs", action="store_true", help="also return per-token log-probabilities")
@@ -50,7 +58,7 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _stop_ids(tokenizer, stops: list[str], eos_stop: bool) -> list[int]:
+def _stop_ids(tokenizer, stops: list[str], eos_stop: bool, eos_ids: tuple[int, ...] = ()) -> list[int]:
     ids = []
     for text in stops:
         piece = codecs.decode(text, "unicode_escape") if "\\" in text else text
@@ -58,8 +66,8 @@ def _stop_ids(tokenizer, stops: list[str], eos_stop: bool) -> list[int]:
         if i is None:
             raise UserError(f"unknown stop token {text!r}: it is not a single token of this tokenizer; pass one token")
         ids.append(i)
-    if eos_stop and tokenizer.eos_id is not None:
-        ids.append(tokenizer.eos_id)
+    if eos_stop:
+        ids.extend(eos_ids or ([tokenizer.eos_id] if tokenizer.eos_id is not None else []))
     return ids
 
 
@@ -69,7 +77,33 @@ def _encode(tokenizer, config, text: str, where: str) -> list[int]:
     ids = tokenizer.encode(text)
     if config.data.add_bos and tokenizer.bos_id is not None:
         ids = [tokenizer.bos_id] + ids
+    if getattr(tokenizer, "adds_eos", False):  # a Hugging Face tokenizer whose post-processor appends EOS
+        ids = ids + [tokenizer.eos_id]
     return ids
+
+
+class _ShownText:
+    """The tokenizer's decode as transformers' pipeline shows text: a Hugging Face tokenizer
+    leaves special tokens out (skip_special_tokens=True). While streaming (`final` False) a
+    trailing run of byte-fallback tokens (<0x..>) is held back: the run decodes as a whole, and
+    bytes that look complete now may turn into replacement characters once the run goes on."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.skip = getattr(tokenizer, "adds_bos", None) is not None
+        self.final = True
+
+    def _is_byte(self, i: int) -> bool:
+        piece = self.tokenizer._tok.id_to_token(int(i))
+        return piece is not None and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
+
+    def decode(self, ids) -> str:
+        if not self.skip:
+            return self.tokenizer.decode(ids)
+        ids = list(ids)
+        while not self.final and ids and self._is_byte(ids[-1]):
+            ids.pop()
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _read_jsonl(path: str, chat: bool, limit: int) -> list[dict]:
@@ -141,13 +175,16 @@ def _validate_args(args: argparse.Namespace) -> None:
 def _stream_one(loaded, prompt_ids: list[int], stop_ids: list[int], kwargs: dict, out) -> None:
     from llm.generate.text_stream import TextStream
 
-    stream = TextStream(loaded.tokenizer, stop_ids)
+    shown = _ShownText(loaded.tokenizer)
+    shown.final = False
+    stream = TextStream(shown, stop_ids)
 
     def on_chunk(rows: list[list[int]]) -> None:
         out.write(stream.push(rows[0]))
         out.flush()
 
     (done,) = loaded.generator.generate([prompt_ids], on_chunk=on_chunk, **kwargs)
+    shown.final = True
     out.write(stream.flush() + "\n")
     if done.logprobs is not None:
         out.write(f"logprobs: {json.dumps(done.logprobs)}\n")
@@ -157,7 +194,7 @@ def _stream_one(loaded, prompt_ids: list[int], stop_ids: list[int], kwargs: dict
 def _completion_text(tokenizer, tokens: list[int], stop_ids: list[int]) -> str:
     if tokens and tokens[-1] in stop_ids:
         tokens = tokens[:-1]
-    return tokenizer.decode(tokens)
+    return _ShownText(tokenizer).decode(tokens)
 
 
 def _batch_file(loaded, args, stop_ids: list[int], kwargs: dict, template) -> None:
@@ -168,7 +205,7 @@ def _batch_file(loaded, args, stop_ids: list[int], kwargs: dict, template) -> No
     for r in rows:
         where = f"the prompt on line {r['_line']} of {args.input}"
         encoded.append(_encode(loaded.tokenizer, loaded.config, _prompt_text(r, template, where), where))
-    max_new = [int(r.get("max_new_tokens", args.max_new_tokens)) for r in rows]
+    max_new = [int(r["max_new_tokens"]) if "max_new_tokens" in r else _max_new(args, e) for r, e in zip(rows, encoded)]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     with open(args.output, "w") as f, tqdm(total=len(rows), unit="prompt", desc="generate") as bar:
         for start in range(0, len(rows), args.batch_size):
@@ -193,14 +230,49 @@ def _batch_file(loaded, args, stop_ids: list[int], kwargs: dict, template) -> No
             bar.update(len(done))
 
 
+def _generation_defaults(source: str):
+    """A Hugging Face model directory's generation_config.json (its config.json's ids without
+    one); nothing for our own checkpoints."""
+    from llm.generate.load import _is_hf
+    from llm.interop.hf_generation import GenerationDefaults, read_generation_config
+
+    return read_generation_config(source) if _is_hf(source) else GenerationDefaults()
+
+
+def _sampling(args: argparse.Namespace, defaults, vocab_size: int):
+    """Explicit flags win; otherwise the model's defaults (greedy unless it says do_sample;
+    transformers' top_k 50 is capped at the vocabulary)."""
+    from llm.generate.sampling import SamplingOptions
+
+    temperature, top_k, top_p = defaults.sampling()
+    return SamplingOptions(
+        temperature=temperature if args.temperature is None else args.temperature,
+        top_k=min(top_k, vocab_size) if args.top_k is None else args.top_k,
+        top_p=top_p if args.top_p is None else args.top_p,
+    )
+
+
+def _max_new(args: argparse.Namespace, prompt: list[int]) -> int:
+    """--max-new-tokens, else generation_config.json's max_new_tokens, else its max_length less
+    the prompt (transformers counts the prompt in max_length), else DEFAULT_MAX_NEW."""
+    defaults = args.generation_defaults
+    if args.max_new_tokens is not None:
+        return args.max_new_tokens
+    if defaults.max_new_tokens is not None:
+        return defaults.max_new_tokens
+    if defaults.max_length is not None:
+        return max(1, defaults.max_length - len(prompt))
+    return DEFAULT_MAX_NEW
+
+
 def run(args: argparse.Namespace) -> int:
     from llm.generate.load import checkpoint_config, load_for_generation
-    from llm.generate.sampling import SamplingOptions
 
     _validate_args(args)
     source = args.checkpoint or args.workdir
     config = checkpoint_config(source, args.config_overrides)
-    options = SamplingOptions(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    args.generation_defaults = defaults = _generation_defaults(source)
+    options = _sampling(args, defaults, config.model.vocab_size)
     options.validate(config.model.vocab_size)
     prompts = args.prompt or []
     for i, text in enumerate(prompts):
@@ -208,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--prompt number {i + 1} is empty; give some text to complete")
     template = _chat_template(source, config) if args.chat else None
     loaded = load_for_generation(source, config)
-    stop_ids = _stop_ids(loaded.tokenizer, args.stop, not args.no_eos_stop)
+    stop_ids = _stop_ids(loaded.tokenizer, args.stop, not args.no_eos_stop, defaults.eos_ids)
     kwargs = dict(options=options, stop_tokens=stop_ids, seed=args.seed, return_logprobs=args.logprobs)
     if args.input:
         _batch_file(loaded, args, stop_ids, kwargs, template)
@@ -220,10 +292,10 @@ def run(args: argparse.Namespace) -> int:
     if len(encoded) == 1:
         _stream_one(
             loaded, encoded[0], stop_ids,
-            dict(kwargs, max_new_tokens=args.max_new_tokens, chunk_tokens=args.chunk_tokens), sys.stdout,
+            dict(kwargs, max_new_tokens=_max_new(args, encoded[0]), chunk_tokens=args.chunk_tokens), sys.stdout,
         )
         return 0
-    done = loaded.generator.generate(encoded, max_new_tokens=args.max_new_tokens, **kwargs)
+    done = loaded.generator.generate(encoded, max_new_tokens=[_max_new(args, e) for e in encoded], **kwargs)
     for i, c in enumerate(done):
         print(f"[{i}] {_completion_text(loaded.tokenizer, c.tokens, stop_ids)}")
         if c.logprobs is not None:

@@ -89,7 +89,10 @@ def apply_init_from(config: ml_collections.ConfigDict, init_from: str, overrides
 
                 check_tokenizer(load_tokenizer(path).fingerprint, config, f"--init-from {str(path)!r}")
             else:
+                from llm.interop.hf_tokenizer import apply_hf_startup
+
                 config.data.tokenizer = str(path)
+                apply_hf_startup(config, path)  # data.add_bos as the model's tokenizer adds BOS
         _check_overrides(user_model, json.loads(config.model.to_json_best_effort()), overrides, str(path))
         return config
     saved = config_from_json((path / "config.json").read_text(), str(path / "config.json"))

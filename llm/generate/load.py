@@ -56,10 +56,13 @@ def checkpoint_config(directory: str | Path, overrides: Iterable[str] = ()) -> m
         from llm.interop.hf_config import hf_to_config, read_hf_config
         from llm.interop.hf_import import tokenizer_source
 
+        from llm.interop.hf_tokenizer import apply_hf_startup, missing_tokenizer_json
+
         config = hf_to_config(read_hf_config(directory), overrides=overrides)
-        if tokenizer_source(directory) is None:
-            raise UserError(f"{str(directory)!r} is a Hugging Face model directory without tokenizer.json or tokenizer.model; add the model's tokenizer files")
+        if tokenizer_source(directory) is None or not (Path(directory) / "tokenizer.json").is_file():
+            raise missing_tokenizer_json(directory)  # the prompt must be encoded as transformers encodes it
         config.data.tokenizer = str(Path(directory).absolute())
+        apply_hf_startup(config, directory)  # data.add_bos as the tokenizer's post-processor does
         return config
     config = load_config_json(directory)
     if overrides:

@@ -12,6 +12,7 @@ import ml_collections
 from llm.errors import UserError
 
 SOURCE_HF_CONFIG = "hf_config.json"  # the imported model's config.json, kept for a faithful export
+SOURCE_GENERATION_CONFIG = "hf_generation_config.json"  # and its generation_config.json (sampling defaults)
 
 
 def conversion_rules(base: ml_collections.ConfigDict):
@@ -55,6 +56,11 @@ def from_hf(src: str | Path, out: str | Path, base: ml_collections.ConfigDict | 
     if reward_head is not None:
         write_head_file(out, reward_head)
     (out / SOURCE_HF_CONFIG).write_text(json.dumps(read_hf_config(src), indent=2) + "\n")
+    if (Path(src) / "generation_config.json").is_file():
+        from llm.interop.hf_generation import read_generation_config
+
+        read_generation_config(src)  # a malformed file stops here, naming it
+        (out / SOURCE_GENERATION_CONFIG).write_bytes((Path(src) / "generation_config.json").read_bytes())
     return Imported(out, config, count_params(params))
 
 
@@ -84,5 +90,6 @@ def to_hf(checkpoint: str | Path | None, out: str | Path, dtype: str | None = No
         config, params, out, tokenizer if tokenizer.is_dir() else None, dtype=dtype, model_type=model_type,
         source_hf_config=json.loads(source.read_text()) if source.is_file() else None, max_shard_bytes=max_bytes,
         reward_head=reward_head, pad_token_id=pad_token_id,
+        source_generation_config=json.loads(gen.read_text()) if (gen := checkpoint / SOURCE_GENERATION_CONFIG).is_file() else None,
     )
     return Path(out)

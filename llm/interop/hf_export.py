@@ -95,6 +95,7 @@ def export_hf(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     reward_head: np.ndarray | None = None,
     pad_token_id: int | None = None,
+    source_generation_config: dict | None = None,
 ) -> Path:
     """Write `params` (our pure dict, any sharding, scanned or not) as a transformers model.
 
@@ -102,7 +103,10 @@ def export_hf(
     qwen2 | gpt2 (default: the source checkpoint's type if `source_hf_config` is given, else
     gpt2 for GPT-2, qwen2 with q/k/v biases, llama otherwise). reward_head: a (d_model, 1)
     kernel: write a num_labels=1 `*ForSequenceClassification` instead (llm.interop.hf_reward),
-    with `pad_token_id` (default: the tokenizer's). Every process must call this; process 0 writes.
+    with `pad_token_id` (default: the tokenizer's). bos/eos/pad ids: the source config.json's
+    (an eos list stays a list), the tokenizer's where it has none; generation_config.json gets
+    the source's own (`source_generation_config`: its sampling defaults too) with those ids.
+    Every process must call this; process 0 writes.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -120,8 +124,8 @@ def export_hf(
     dtype = dtype or (stored.pop() if len(stored) == 1 else "float32")
     if dtype not in _EXPORT_DTYPES:
         raise UserError(f"export dtype {dtype!r} is not one of {', '.join(_EXPORT_DTYPES)}")
-    token_ids = {k: source[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in source}
-    token_ids.update({k: v for k, v in _token_ids(tokenizer_dir).items() if v is not None})
+    token_ids = {k: source[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if source.get(k) is not None}
+    token_ids.update({k: v for k, v in _token_ids(tokenizer_dir).items() if v is not None and k not in token_ids})
     hf_config = config_to_hf(config, model_type, dtype, token_ids)
     rules = weight_rules(spec)
     extra = []
@@ -134,6 +138,10 @@ def export_hf(
     write_safetensors(out_dir, entries, max_shard_bytes, write=write)
     if write:
         (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+        if reward_head is None:
+            from llm.interop.hf_generation import export_generation_config
+
+            export_generation_config(source_generation_config, token_ids, out_dir)
         if tokenizer_dir is not None and tokenizer_files(tokenizer_dir):
             copy_tokenizer_files(tokenizer_dir, out_dir)
         elif tokenizer_dir is not None:

@@ -159,6 +159,9 @@ def load_hf_checkpoint(
         config.data.tokenizer = str(Path(tok).absolute())
     elif tok is None:
         log.warning("%s has no tokenizer.json or tokenizer.model; set data.tokenizer to the model's tokenizer", src_dir)
+    from llm.interop.hf_tokenizer import apply_hf_startup
+
+    apply_hf_startup(config, src_dir)  # BOS/EOS as transformers' tokenizer adds them (when data.tokenizer is src_dir)
     if rules is None:
         rules = AxisRules.from_config(config.mesh.rules, build_mesh(config.mesh))
     spec = model_spec(config, vocab_shards=rules.shards("vocab"))

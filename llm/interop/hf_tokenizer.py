@@ -1,8 +1,11 @@
 """A Hugging Face `tokenizer.json` behind the tokenizer interface of llm.data.tokenizer.
 
 Encoding goes through the `tokenizers` library, the same engine transformers' fast tokenizers
-run, so ids match `AutoTokenizer(..., add_special_tokens=False)`. Special tokens and the chat
-template come from tokenizer_config.json / special_tokens_map.json / chat_template.jinja.
+run, on the pipeline transformers 5's AutoTokenizer builds from the files
+(llm.interop.hf_auto_tokenizer: some classes rebuild parts of tokenizer.json), so ids match
+`AutoTokenizer(...)(text, add_special_tokens=False)`; `adds_bos` / `adds_eos` say what its
+post-processor adds around a text (what `AutoTokenizer(...)(text)` does). Special tokens and the
+chat template come from tokenizer_config.json / special_tokens_map.json / chat_template.jinja.
 The object carries the files' bytes, so it pickles cheaply into Grain worker processes.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +21,7 @@ import numpy as np
 
 from llm.errors import UserError
 
+log = logging.getLogger("llm")
 TOKENIZER_JSON = "tokenizer.json"
 # Files that belong to a Hugging Face tokenizer, kept verbatim and written back by save().
 HF_TOKENIZER_FILES = (TOKENIZER_JSON, "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "added_tokens.json")
@@ -43,27 +48,43 @@ def _chat_template(files: dict[str, bytes], config: dict) -> str | None:
 
 
 class HFTokenizer:
-    """vocab_size, bos_id, eos_id, pad_id (int or None), fingerprint, chat_template;
-    encode / decode / token_id / save."""
+    """vocab_size, bos_id, eos_id, pad_id (int or None), fingerprint, chat_template, adds_bos,
+    adds_eos, tokenizer_class; encode / decode / token_id / save.
 
-    def __init__(self, files: dict[str, bytes], source: str = "<bytes>"):
+    model_type: config.json's, when the tokenizer sits in a model directory (AutoTokenizer's
+    choice of class depends on it)."""
+
+    def __init__(self, files: dict[str, bytes], source: str = "<bytes>", model_type: str | None = None):
         from tokenizers import Tokenizer
+
+        from llm.interop.hf_auto_tokenizer import as_loaded, auto_class, effective_config
 
         if TOKENIZER_JSON not in files:
             raise UserError(f"{source} has no {TOKENIZER_JSON}; pass a Hugging Face tokenizer directory")
         self._files = dict(files)
         self.source = source
-        try:
-            self._tok = Tokenizer.from_str(files[TOKENIZER_JSON].decode("utf-8"))
-        except Exception as err:  # noqa: BLE001 - the Rust side raises plain Exception
-            raise UserError(f"{source}/{TOKENIZER_JSON} cannot be loaded ({str(err).splitlines()[0]}); re-save the tokenizer") from None
+        self.model_type = model_type
         config: dict = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
             if name in files:
                 try:
-                    config.update(json.loads(files[name]))
-                except json.JSONDecodeError as err:
+                    loaded = json.loads(files[name])
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
                     raise UserError(f"{source}/{name} is not valid JSON ({err})") from None
+                if not isinstance(loaded, dict):
+                    raise UserError(f"{source}/{name} holds a {type(loaded).__name__}, not a JSON object; re-save the tokenizer")
+                config.update(loaded)
+        try:
+            text = files[TOKENIZER_JSON].decode("utf-8")
+            raw = json.loads(text)
+            self.tokenizer_class = auto_class(config, model_type, text)
+            config = effective_config(config, self.tokenizer_class)
+            loaded_json, self.note = as_loaded(raw, self.tokenizer_class, config)
+            self._tok = Tokenizer.from_str(json.dumps(loaded_json))
+        except Exception as err:  # noqa: BLE001 - the Rust side raises plain Exception
+            raise UserError(f"{source}/{TOKENIZER_JSON} cannot be loaded ({str(err).splitlines()[0]}); re-save the tokenizer") from None
+        if self.note:
+            log.warning("%s: %s", source, self.note)
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         self.bos_id = self._special_id(config, "bos_token")
         self.eos_id = self._special_id(config, "eos_token")
@@ -76,6 +97,29 @@ class HFTokenizer:
             or bool(config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False))
         )
         self.fingerprint = hashlib.sha256(files[TOKENIZER_JSON]).hexdigest()
+        self.prefix_ids, self.suffix_ids = self._wrapping()
+        self.adds_bos = self.prefix_ids == ([self.bos_id] if self.bos_id is not None else [None])
+        self.adds_eos = self.suffix_ids == ([self.eos_id] if self.eos_id is not None else [None])
+
+    def _wrapping(self) -> tuple[list[int], list[int]]:
+        """The ids the post-processor puts before and after a text's own ids."""
+        probe = "a"
+        bare = self._tok.encode(probe, add_special_tokens=False).ids
+        full = self._tok.encode(probe, add_special_tokens=True).ids
+        for start in range(len(full) - len(bare) + 1):
+            if full[start:start + len(bare)] == bare:
+                return full[:start], full[start + len(bare):]
+        raise UserError(f"{self.source}/{TOKENIZER_JSON}: its post-processor rewrites the text's own ids; this tokenizer is not supported")
+
+    def startup_differences(self) -> list[str]:
+        """What `AutoTokenizer(...)(text)` adds around a text that data.add_bos / data.add_eos
+        cannot express (llm adds only tokenizer.bos_id before and eos_id after)."""
+        out = []
+        if self.prefix_ids and not self.adds_bos:
+            out.append(f"its post-processor puts {self.prefix_ids} before each text, not the bos_token id {self.bos_id}")
+        if self.suffix_ids and not self.adds_eos:
+            out.append(f"its post-processor puts {self.suffix_ids} after each text, not the eos_token id {self.eos_id}")
+        return out
 
     def _special_id(self, config: dict, key: str) -> int | None:
         content = _token_content(config.get(key))
@@ -115,21 +159,65 @@ class HFTokenizer:
         return directory / TOKENIZER_JSON
 
     def __getstate__(self):
-        return {"files": self._files, "source": self.source}
+        return {"files": self._files, "source": self.source, "model_type": self.model_type}
 
     def __setstate__(self, state):
-        self.__init__(state["files"], state["source"])
+        self.__init__(state["files"], state["source"], state.get("model_type"))
 
     def __repr__(self) -> str:
         return f"HFTokenizer({self.source!r}, vocab_size={self.vocab_size})"
 
 
+def _model_type(directory: Path) -> str | None:
+    """config.json's model_type when `directory` is a Hugging Face model directory."""
+    try:
+        hf = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return hf.get("model_type") if isinstance(hf, dict) and isinstance(hf.get("model_type"), str) else None
+
+
+def missing_tokenizer_json(directory: str | Path) -> UserError:
+    """The one-line error for a tokenizer directory without tokenizer.json, naming the fix."""
+    directory = Path(directory)
+    if (directory / "tokenizer.model").is_file():
+        fix = ("it only has a sentencepiece tokenizer.model: convert it with "
+               "`transformers.AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)`, which writes tokenizer.json")
+    else:
+        fix = "copy the model's tokenizer files (tokenizer.json, tokenizer_config.json) into it"
+    return UserError(f"{str(directory)!r} has no {TOKENIZER_JSON}; {fix}")
+
+
 def load_hf_tokenizer(directory: str | Path) -> HFTokenizer:
-    """The tokenizer in a Hugging Face model or tokenizer directory."""
+    """The tokenizer in a Hugging Face model or tokenizer directory, as AutoTokenizer loads it."""
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"tokenizer directory {str(directory)!r} does not exist")
     if not (directory / TOKENIZER_JSON).is_file():
-        raise UserError(f"{str(directory)!r} has no {TOKENIZER_JSON}; pass a Hugging Face tokenizer directory")
+        raise missing_tokenizer_json(directory)
     files = {name: (directory / name).read_bytes() for name in HF_TOKENIZER_FILES if (directory / name).is_file()}
-    return HFTokenizer(files, source=str(directory))
+    return HFTokenizer(files, source=str(directory), model_type=_model_type(directory))
+
+
+def apply_hf_startup(config, directory: str | Path) -> HFTokenizer | None:
+    """Make the config start up as transformers does with the Hugging Face model in `directory`:
+    data.add_bos follows the tokenizer's post-processor (Llama 3 / Gemma add BOS, Qwen2 / GPT-2
+    do not), data.add_eos is set when it appends EOS (otherwise it stays: it ends training
+    documents so the model learns to stop). Applies only when data.tokenizer is that directory;
+    returns the tokenizer then. What cannot be expressed is logged as a warning naming the class."""
+    directory = Path(directory)
+    if str(config.data.tokenizer) in ("", "bytes") or Path(config.data.tokenizer).absolute() != directory.absolute():
+        return None
+    if not (directory / TOKENIZER_JSON).is_file():
+        raise missing_tokenizer_json(directory)
+    tok = load_hf_tokenizer(directory)
+    add_bos = tok.adds_bos
+    add_eos = True if tok.adds_eos else bool(config.data.add_eos)
+    if (bool(config.data.add_bos), bool(config.data.add_eos)) != (add_bos, add_eos):
+        log.info("%s (%s) %s a BOS token: data.add_bos=%s, data.add_eos=%s", directory, tok.tokenizer_class,
+                 "adds" if add_bos else "adds no", add_bos, add_eos)
+    config.data.add_bos, config.data.add_eos = add_bos, add_eos
+    for difference in tok.startup_differences():
+        log.warning("%s (%s): %s; prompts encoded by llm differ from transformers.AutoTokenizer there",
+                    directory, tok.tokenizer_class, difference)
+    return tok
