@@ -31,6 +31,7 @@ SUBCOMMAND_MODULES = (
     "config_cmd",
     "convert",
     "compile_cmd",
+    "plan",
     "data_cmd",
     "tokenizer_cmd",
 )

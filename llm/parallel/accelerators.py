@@ -8,6 +8,7 @@ from __future__ import annotations
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("h100", 989e12),
     ("h200", 989e12),
+    ("a100", 312e12),
     ("tpu v5 lite", 197e12),  # v5e
     ("tpu v5e", 197e12),
     ("tpu v5p", 459e12),

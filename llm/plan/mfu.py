@@ -1,0 +1,91 @@
+"""The MFU table (configs/plan_mfu.json): this stack's measured MFU per hardware class and
+method, each row with its date, the command that produced it and whether it was measured or
+assumed. `llm plan` divides step FLOPs by chips x peak x this MFU.
+
+Rows name a chip (v5e, v5p, v6e, h100, h200, a100, cpu) or a kind (tpu, gpu). A row may carry the
+d_model it was measured at: on a CPU, MFU depends on the matmul sizes (tiny at d_model 128 reaches
+about a third of what small at 512 does), so rows of one hardware and method form a curve in
+log d_model, clamped at its ends. A method without its own curve takes the full-training curve
+times its measured ratio to full at the nearest d_model where both were measured (bench finetune
+on one model); with no row at all, the full-training figure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from llm.errors import UserError
+
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "configs" / "plan_mfu.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class MfuRow:
+    hardware: str
+    method: str
+    mfu: float
+    status: str  # measured | assumed
+    date: str
+    command: str
+    d_model: int = 0  # 0: any width
+    overhead_s: float = 0.0  # fixed per-step time (CPU: dispatch; measured on a near-empty step)
+    note: str = ""
+
+
+def read_table(path: str | Path = DEFAULT_PATH) -> list[MfuRow]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"MFU table {str(path)!r} does not exist; restore configs/plan_mfu.json from the repository")
+    rows = []
+    for i, row in enumerate(json.loads(path.read_text())["rows"]):
+        missing = [k for k in ("hardware", "method", "mfu", "status", "date", "command") if k not in row]
+        if missing:
+            raise UserError(f"MFU table {str(path)!r} row {i} has no {missing[0]!r}; every row needs hardware, method, mfu, status, date, command")
+        if not 0 < float(row["mfu"]) <= 1:
+            raise UserError(f"MFU table {str(path)!r} row {i}: mfu {row['mfu']} is not in (0, 1]")
+        rows.append(MfuRow(**row))
+    return rows
+
+
+def _curve(rows: list[MfuRow], d_model: int) -> float:
+    """Interpolate in log d_model between the rows (clamped at the ends)."""
+    pts = sorted((r.d_model, r.mfu) for r in rows)
+    if len(pts) == 1 or not pts[0][0]:
+        return pts[0][1]
+    if d_model <= pts[0][0]:
+        return pts[0][1]
+    for (d0, m0), (d1, m1) in zip(pts, pts[1:]):
+        if d_model <= d1:
+            t = (math.log(d_model) - math.log(d0)) / (math.log(d1) - math.log(d0))
+            return m0 + t * (m1 - m0)
+    return pts[-1][1]
+
+
+def lookup(rows: list[MfuRow], chip: str, kind: str, method: str, d_model: int = 0) -> MfuRow:
+    """The MFU for `method` on `chip` at `d_model` (see the module docstring), as a row whose
+    status, date and command name every row it came from."""
+    for hw in (chip, kind):
+        full = [r for r in rows if r.hardware == hw and r.method == "full"]
+        own = [r for r in rows if r.hardware == hw and r.method == method]
+        if not own and not full:
+            continue
+        if not full or method == "full" or (own and (len(own) > 1 or not own[0].d_model)):
+            used = own or full
+            value = _curve(used, d_model)
+        else:
+            used = own + full
+            if own:
+                ref = own[0].d_model
+                value = _curve(full, d_model) * own[0].mfu / _curve(full, ref)
+            else:
+                value = _curve(full, d_model)
+        status = "measured" if all(r.status == "measured" for r in used) else ("assumed" if all(r.status == "assumed" for r in used) else "partly assumed")
+        overhead = max((r.overhead_s for r in used), default=0.0)
+        command = "; ".join(dict.fromkeys(r.command for r in used))
+        date = ", ".join(dict.fromkeys(r.date for r in used))
+        note = "" if len(used) == 1 else f"from {len(used)} rows at d_model " + ", ".join(str(r.d_model) for r in used)
+        return MfuRow(hw, method, min(value, 1.0), status, date, command, d_model, overhead, note)
+    raise UserError(f"the MFU table has no row for {chip} ({kind}); add one for hardware {chip!r} or {kind!r} to configs/plan_mfu.json")
