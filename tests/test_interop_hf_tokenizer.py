@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 
-from interop_models import train_tokenizer
+from interop_models import TOKENIZER_STYLES, styled_tokenizer, train_tokenizer
 from llm.data.tokenizer import load_tokenizer
 from llm.errors import UserError
 from llm.interop.hf_tokenizer import load_hf_tokenizer
@@ -107,3 +107,77 @@ def test_errors(tmp_path, tok_dir):
     (tmp_path / "tokenizer.json").write_text("{broken")
     with pytest.raises(UserError, match="cannot be loaded"):
         load_hf_tokenizer(tmp_path)
+
+
+PARITY = MIXED[:-1] + [
+    "NFC: cafe\u0301 na\u0308ive A\u030a \u1e9b\u0323 (combining marks transformers' Qwen2Tokenizer composes)",
+    "digits 2024-12-31 1234567 and   runs\t\t of  \n\n whitespace  ",
+    "<s>bos</s> eos <pad> pad <bos> <eos> inside text",
+]
+MODEL_TYPES = {"llama3": "llama", "qwen2": "qwen2", "gpt2": "gpt2", "mistral": "mistral", "gemma": "gemma3_text"}
+
+
+@pytest.mark.parametrize("with_config", [False, True], ids=["tokenizer-dir", "model-dir"])
+@pytest.mark.parametrize("style", TOKENIZER_STYLES)
+def test_encoding_with_startup_bos_eos_equals_autotokenizer(style, with_config, tmp_path):
+    """ids incl. the BOS/EOS the import sets (data.add_bos / add_eos) == AutoTokenizer(text)["input_ids"],
+    and the text the pipeline shows (skip_special_tokens) is the same; AutoTokenizer's class depends on
+    config.json's model_type (a Mistral model directory uses tokenizer.json as is, a lone LlamaTokenizer
+    directory is rebuilt)."""
+    import transformers
+
+    from llm.config.base import base_config
+    from llm.interop.hf_tokenizer import apply_hf_startup
+
+    d = styled_tokenizer(tmp_path / style, style)
+    if with_config:
+        (d / "config.json").write_text(json.dumps({"model_type": MODEL_TYPES[style]}))
+    auto = transformers.AutoTokenizer.from_pretrained(d)
+    config = base_config()
+    config.data.tokenizer = str(d)
+    ours = apply_hf_startup(config, d)
+    assert config.data.add_bos == (style in ("llama3", "mistral", "gemma")) and config.data.add_eos  # add_eos stays
+    assert ours.tokenizer_class == type(auto).__name__ and ours.note is None
+    assert (ours.bos_id, ours.eos_id, ours.pad_id, ours.vocab_size) == (auto.bos_token_id, auto.eos_token_id, auto.pad_token_id, len(auto))
+    for text in PARITY:
+        ids = ([ours.bos_id] if config.data.add_bos else []) + ours.encode(text)
+        assert ids == auto(text)["input_ids"], (style, text)
+        assert ours.decode(ids, skip_special_tokens=True) == auto.decode(ids, skip_special_tokens=True), (style, text)
+    assert ours.chat_template == auto.chat_template
+
+
+def test_qwen2_tokenizer_json_alone_differs_from_autotokenizer(tmp_path):
+    """Why the rebuild matters: transformers 5's Qwen2Tokenizer runs NFC and its own regex, not the file's
+    pre-tokenizer, so the raw tokenizer.json gives other ids on text NFC composes."""
+    import transformers
+    from tokenizers import Tokenizer
+
+    d = styled_tokenizer(tmp_path / "qwen2", "qwen2")
+    auto = transformers.AutoTokenizer.from_pretrained(d)
+    raw = Tokenizer.from_file(str(d / "tokenizer.json"))
+    texts = ["cafe\u0301", "A\u030a"]
+    assert all(raw.encode(t).ids != auto(t)["input_ids"] for t in texts)
+    assert all(load_hf_tokenizer(d).encode(t) == auto(t)["input_ids"] for t in texts)
+
+
+def test_a_class_llm_does_not_reproduce_is_named(tmp_path, caplog):
+    d = styled_tokenizer(tmp_path / "t5", "llama3")
+    config = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "T5TokenizerFast"}))
+    with caplog.at_level("WARNING", logger="llm"):
+        tok = load_hf_tokenizer(d)
+    assert tok.tokenizer_class == "T5Tokenizer" and "names T5Tokenizer" in caplog.text and "may differ" in caplog.text
+
+
+def test_directory_without_tokenizer_json_names_the_fix(tmp_path):
+    from llm.config.base import base_config
+    from llm.interop.hf_tokenizer import apply_hf_startup
+
+    (tmp_path / "tokenizer.model").write_bytes(b"spm")
+    with pytest.raises(UserError, match=r"has no tokenizer.json; it only has a sentencepiece tokenizer.model: convert it") as err:
+        load_hf_tokenizer(tmp_path)
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+    config = base_config()
+    config.data.tokenizer = str(tmp_path)
+    with pytest.raises(UserError, match="save_pretrained"):
+        apply_hf_startup(config, tmp_path)
