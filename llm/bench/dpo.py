@@ -109,11 +109,10 @@ def build_hf_model(config: ml_collections.ConfigDict, out: Path, seed: int = 0) 
     import transformers
 
     from llm.bench.hf_peer import hf_config
-    from llm.model.spec import model_spec
 
     if config.model.family != "llama":
         raise UserError(f"model.family={config.model.family!r}: the DPO bench maps LoRA targets for Llama models only; use a llama config")
-    hf = hf_config(model_spec(config))
+    hf = hf_config(config)
     hf.bos_token_id, hf.eos_token_id, hf.pad_token_id = 0, 1, 2
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(hf, dtype=torch.float32)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from llm.bench.hf_peer import params_as_hf_counts
+from llm.bench.hf_peer import check_same_model, params_as_hf_counts
 from llm.config.loading import load_config
 from llm.generate.generator import Generator
 from llm.model.build import init_params
@@ -201,6 +201,21 @@ def _hf_runners(model, prompts: list[list[int]], new_tokens: int) -> dict[int, C
     return runs
 
 
+def hf_cache_layers(model, prompt: list[int]) -> dict[str, int]:
+    """{cache layer class: layers} of the KV cache HF `generate` builds for this model by default
+    (transformers 5: a sliding-window layer for each windowed layer of Gemma / Mistral / Qwen)."""
+    import torch
+
+    ids = torch.tensor([prompt], dtype=torch.long)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
+                             eos_token_id=None, pad_token_id=0, return_dict_in_generate=True)
+    kinds: dict[str, int] = {}
+    for layer in out.past_key_values.layers:
+        kinds[type(layer).__name__] = kinds.get(type(layer).__name__, 0) + 1
+    return kinds
+
+
 def _agreement(ours: list[list[int]], theirs: list[list[int]]) -> float:
     """Mean fraction of each row's tokens that match before the first difference."""
     fractions = []
@@ -252,6 +267,10 @@ def run_generate_bench(
     }
     if hf_model is not None:
         result["hf_params"] = sum(p.numel() for p in hf_model.parameters())
+        check_same_model(result["params"], result["hf_params"], "this config")
+        result["hf_model"] = type(hf_model).__name__
+        result["hf_attention"] = hf_model.config._attn_implementation
+        result["hf_cache"] = hf_cache_layers(hf_model, list(range(prompt_len)))
     for batch in batches:
         prompts = rng.integers(0, spec.vocab_size, (batch, prompt_len)).tolist()
         runs = {}

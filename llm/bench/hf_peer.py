@@ -8,7 +8,9 @@ import time
 from typing import Any
 
 import jax
+import ml_collections
 
+from llm.errors import UserError
 from llm.model.spec import ModelSpec
 
 
@@ -19,40 +21,47 @@ def params_as_hf_counts(spec: ModelSpec, params: Any) -> int:
     return total - (spec.padded_vocab - spec.vocab_size) * spec.d_model * (1 if spec.tie_embeddings else 2)
 
 
-def hf_config(spec: ModelSpec):
-    """The transformers config with the same shape as our model."""
+def hf_config(config: ml_collections.ConfigDict):
+    """The transformers config of the same model as `config`'s, of the family that expresses it
+    exactly (Llama, Mistral, Qwen2/3, Gemma 2/3, GPT-2): the config.json our exporter writes
+    (llm.interop.hf_config.config_to_hf, the one home of the field mapping), loaded by transformers."""
     import transformers
 
-    if spec.is_gpt2:
-        return transformers.GPT2Config(
-            vocab_size=spec.vocab_size, n_positions=spec.max_seq_len, n_embd=spec.d_model,
-            n_layer=spec.n_layers, n_head=spec.n_heads, n_inner=spec.d_ff,
-            layer_norm_epsilon=spec.norm_eps, tie_word_embeddings=spec.tie_embeddings,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        )
-    return transformers.LlamaConfig(
-        vocab_size=spec.vocab_size, hidden_size=spec.d_model, intermediate_size=spec.d_ff,
-        num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads,
-        num_key_value_heads=spec.n_kv_heads, head_dim=spec.head_dim,
-        max_position_embeddings=spec.max_seq_len, rms_norm_eps=spec.norm_eps,
-        rope_theta=spec.rope_theta, attention_bias=spec.qkv_bias,
-        tie_word_embeddings=spec.tie_embeddings,
-    )
+    from llm.interop.hf_config import config_to_hf
+
+    fields = config_to_hf(config)
+    return transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
-def bench_hf_train(spec: ModelSpec, batch_size: int, seq_len: int, steps: int, warmup: int = 2, seed: int = 0) -> dict:
+def hf_model(config: ml_collections.ConfigDict, **kwargs):
+    """The transformers model for `config` (its own random init), with the attention
+    implementation transformers picks by default: what a user gets (sdpa, or eager for Gemma 2,
+    whose sdpa path has no soft-capping)."""
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_config(hf_config(config), **kwargs)
+
+
+def check_same_model(ours: int, theirs: int, what: str) -> None:
+    """Stop when the peer is not the same model (its parameter count differs from ours)."""
+    if ours != theirs:
+        raise UserError(f"the Hugging Face peer of {what} has {theirs:,} parameters, ours {ours:,}: it is not the same "
+                        "model; fix llm.interop.hf_config.config_to_hf for this family")
+
+
+def bench_hf_train(config: ml_collections.ConfigDict, batch_size: int, seq_len: int, steps: int, warmup: int = 2, seed: int = 0) -> dict:
     """The peer at its best: on CPU, time it with 1 thread and with all cores and keep the faster
     (on a loaded machine PyTorch with fewer threads can be several times faster)."""
     import torch
 
     if torch.cuda.is_available():
-        return _bench_hf_train(spec, batch_size, seq_len, steps, warmup, seed, threads=None)
-    runs = [_bench_hf_train(spec, batch_size, seq_len, steps, warmup, seed, threads=t)
+        return _bench_hf_train(config, batch_size, seq_len, steps, warmup, seed, threads=None)
+    runs = [_bench_hf_train(config, batch_size, seq_len, steps, warmup, seed, threads=t)
             for t in sorted({1, os.cpu_count() or 1})]
     return max(runs, key=lambda r: r["hf_tokens_per_s"])
 
 
-def _bench_hf_train(spec: ModelSpec, batch_size: int, seq_len: int, steps: int, warmup: int, seed: int, threads: int | None) -> dict:
+def _bench_hf_train(config: ml_collections.ConfigDict, batch_size: int, seq_len: int, steps: int, warmup: int, seed: int, threads: int | None) -> dict:
     """Time `steps` AdamW steps of the transformers model: tokens/s, step time, and the batch
     shape, parameter count and tokens it really ran."""
     import torch
@@ -63,10 +72,10 @@ def _bench_hf_train(spec: ModelSpec, batch_size: int, seq_len: int, steps: int, 
         torch.set_num_threads(threads)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    model = transformers.AutoModelForCausalLM.from_config(hf_config(spec), attn_implementation="sdpa").to(device)
+    model = hf_model(config).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=cuda)
-    tokens = torch.randint(0, spec.vocab_size, (batch_size, seq_len + 1), device=device)
+    tokens = torch.randint(0, config.model.vocab_size, (batch_size, seq_len + 1), device=device)
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
 
     def step():
@@ -97,6 +106,8 @@ def _bench_hf_train(spec: ModelSpec, batch_size: int, seq_len: int, steps: int, 
         "hf_tokens_per_s": steps * inputs.numel() / elapsed,
         "hf_step_time": elapsed / steps,
         "hf_dtype": "bfloat16 autocast" if cuda else "float32",
+        "hf_model": type(model).__name__,
+        "hf_attention": model.config._attn_implementation,
         "hf_threads": threads or 0,
         "hf_torch": torch.__version__,
         "hf_transformers": transformers.__version__,

@@ -93,14 +93,15 @@ def run_train_bench(config: ml_collections.ConfigDict, steps: int, vs_hf: bool) 
     print(f"llm:  {result['tokens_per_s']:.0f} tokens/s, {result['step_time'] * 1e3:.1f} ms/step, "
           f"MFU {100 * (result['mfu'] or 0):.1f}% ({result['peak_source']}), peak memory {result['peak_memory_bytes'] / 2**20:.0f} MiB")
     if vs_hf:
-        from llm.bench.hf_peer import bench_hf_train
-        from llm.model.spec import model_spec
+        from llm.bench.hf_peer import bench_hf_train, check_same_model
 
-        hf = bench_hf_train(model_spec(config), config.data.batch_size, config.data.seq_len, steps)
+        hf = bench_hf_train(config, config.data.batch_size, config.data.seq_len, steps)
+        check_same_model(result["params"], hf["hf_params"], "this config")
         result.update(hf)
         result["speedup_vs_hf"] = result["tokens_per_s"] / hf["hf_tokens_per_s"]
         print(f"hf:   {hf['hf_tokens_per_s']:.0f} tokens/s, {hf['hf_step_time'] * 1e3:.1f} ms/step "
-              f"(transformers {hf['hf_transformers']}, torch {hf['hf_torch']}, {hf['hf_dtype']})")
+              f"(transformers {hf['hf_transformers']} {hf['hf_model']}, {hf['hf_attention']} attention, "
+              f"torch {hf['hf_torch']}, {hf['hf_dtype']}, {hf['hf_threads']} threads)")
         print(f"speedup vs hf: {result['speedup_vs_hf']:.2f}x")
     return result
 
