@@ -90,15 +90,17 @@ def test_export_config_fields(tmp_path, hf_models):
 
 
 def test_export_model_type_follows_the_source_config(tmp_path, hf_models):
-    src = hf_models["mistral"][0]
+    src = hf_models["llama"][0]
     config, _, params = load_hf_checkpoint(src, single_device_rules(base_config()))
     plain = export_hf(config, params, tmp_path / "plain")
     assert json.loads((plain / "config.json").read_text())["model_type"] == "llama"
-    source = json.loads((src / "config.json").read_text())
-    kept = export_hf(config, params, tmp_path / "kept", source_hf_config=source)
-    assert json.loads((kept / "config.json").read_text())["model_type"] == "mistral"
-    with pytest.raises(UserError, match="Qwen2 always has q/k/v biases"):
+    kept = export_hf(config, params, tmp_path / "kept", source_hf_config={"model_type": "mistral"})
+    assert json.loads((kept / "config.json").read_text())["model_type"] == "mistral"  # no window: Mistral is Llama
+    with pytest.raises(UserError, match="cannot be exported as 'qwen2': q/k/v biases differ"):
         export_hf(config, params, tmp_path / "bad", model_type="qwen2")
+    windowed, _, params = load_hf_checkpoint(hf_models["mistral_window"][0], single_device_rules(base_config()))
+    out = export_hf(windowed, params, tmp_path / "windowed", source_hf_config={"model_type": "llama"})
+    assert json.loads((out / "config.json").read_text())["model_type"] == "mistral"  # Llama cannot express a window
 
 
 def test_export_scanned_params_and_shards(tmp_path, hf_models):

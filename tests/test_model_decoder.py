@@ -140,3 +140,95 @@ def test_blocked_attention_model_matches_xla(family):
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     assert_trees_close_at_scale(results[1][1], results[0][1])  # summation order differs by CPU (AVX2 / AVX-512)
 
+
+
+# Family features: a Gemma-3-like tiny model (mixed local / global layers, every switch on) and a
+# Mistral-like one (every layer windowed).
+GEMMA = ("model.n_layers=3", "model.n_kv_heads=2", "model.head_dim=24", "model.sliding_window=5",
+         "model.layer_types=('sliding','full','sliding')", "model.rope_local_theta=100.0", "model.qk_norm=true",
+         "model.norm_plus_one=true", "model.post_norms=true", "model.mlp_activation=gelu_tanh", "model.embed_scale=true",
+         "model.query_pre_attn_scalar=20.0", "model.attn_softcap=3.0", "model.final_softcap=4.0", "model.tie_embeddings=true")
+WINDOWED = ("model.n_kv_heads=2", "model.sliding_window=4")
+
+
+def _perturbed(batch: dict, column: int) -> dict:
+    out = {k: np.array(v) for k, v in batch.items()}
+    out["inputs"][:, column] = (out["inputs"][:, column] + 1) % 256
+    return out
+
+
+@pytest.mark.parametrize("variant", ["gemma", "windowed"])
+def test_windowed_packed_rows_see_neither_other_documents_nor_beyond_the_window(variant):
+    """Training path: a packed row equals its documents run alone (windows count positions
+    within a document); in an all-windowed model a token more than n_layers * (window - 1)
+    positions back cannot reach a query, and one inside the window does."""
+    overrides = GEMMA if variant == "gemma" else WINDOWED
+    graphdef, params, spec = build(*overrides)
+    assert any(spec.windows)
+    packed = random_batch(256, 2, 48, packed=True)
+    logits = np.asarray(forward(graphdef, params, packed))
+    cut = 48 // 3
+    for lo, hi in ((0, cut), (cut, 48)):
+        alone = {k: v[:, lo:hi] for k, v in packed.items()}
+        alone["segment_ids"] = np.ones_like(alone["segment_ids"])
+        np.testing.assert_allclose(logits[:, lo:hi], np.asarray(forward(graphdef, params, alone)), rtol=1e-5, atol=1e-5)
+    if variant == "windowed":
+        reach = spec.n_layers * (4 - 1)  # how far back information can travel through the layers
+        base = np.asarray(forward(graphdef, params, packed))
+        far = np.asarray(forward(graphdef, params, _perturbed(packed, cut + 2)))
+        query = cut + 2 + reach + 1
+        np.testing.assert_array_equal(far[:, query:], base[:, query:])  # beyond every window
+        assert np.abs(far[:, cut + 2 : query] - base[:, cut + 2 : query]).max() > 1e-3  # within reach: it matters
+        np.testing.assert_array_equal(far[:, :cut], base[:, :cut])  # the other document
+
+
+@pytest.mark.parametrize("block", [8])
+def test_blocked_attention_with_a_window_equals_xla(block):
+    """The blocked path's key skipping (window static) equals XLA's attention under the same
+    position-based window mask, values and gradients, with packing, soft-capping and a query
+    scale."""
+    from llm.model.attention import attend, attention_mask, window_mask
+
+    keys = jax.random.split(jax.random.key(block), 4)
+    q = jax.random.normal(keys[0], (2, 32, 4, 8))
+    k, v = (jax.random.normal(key, (2, 32, 2, 8)) for key in keys[1:3])
+    cotangent = jax.random.normal(keys[3], q.shape)
+    segments = np.ones((2, 32), np.int32)
+    segments[0, 17:] = 2
+    positions = np.tile(np.arange(32), (2, 1))
+    positions[0, 17:] = np.arange(15)
+    mask = window_mask(attention_mask(jnp.asarray(segments), 32), jnp.asarray(positions), 6)
+
+    def run(impl, q, k, v, window):
+        return attend(q, k, v, mask, impl, block, scale=0.3, softcap_at=2.0, window=window)
+
+    for window in (0, 6):  # without and with the blocked path skipping keys
+        out = jax.jit(lambda *a: run("blocked", *a, window))(q, k, v)
+        ref = jax.jit(lambda *a: run("xla", *a, 0))(q, k, v)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+        grads = jax.grad(lambda *a: jnp.sum(run("blocked", *a, window) * cotangent), argnums=(0, 1, 2))(q, k, v)
+        want = jax.grad(lambda *a: jnp.sum(run("xla", *a, 0) * cotangent), argnums=(0, 1, 2))(q, k, v)
+        for g, w in zip(grads, want):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_gemma_features_scan_equals_loop_on_the_blocked_path():
+    """Mixed layer types under scan_layers (each layer picks its mask and RoPE tables inside
+    the scan) equal the Python loop, on the blocked attention path; the final soft-cap bounds
+    the logits."""
+    batch = random_batch(256, 2, 48, packed=True)
+    blocked = ("model.attention_impl=blocked", "model.attention_block=8")
+    graphdef, params, _ = build(*GEMMA, *blocked)
+    scan_graphdef, _, _ = build(*GEMMA, *blocked, "model.scan_layers=true")
+    logits = np.asarray(forward(graphdef, params, batch))
+    np.testing.assert_allclose(logits, np.asarray(forward(scan_graphdef, stack_blocks(params), batch)), rtol=1e-5, atol=1e-5)
+    assert np.abs(logits[..., :256]).max() <= 4.0
+
+
+def test_chunked_loss_with_final_softcap_equals_the_full_logits():
+    """The fused chunked LM head applies the final soft-cap and its derivative."""
+    batch = random_batch(256, 2, 32)
+    full = loss_and_grads(batch, *GEMMA)
+    chunked = loss_and_grads(batch, *GEMMA, "model.loss_chunk=8")
+    np.testing.assert_allclose(full[0], chunked[0], rtol=1e-5)
+    assert_trees_close_at_scale(chunked[1], full[1])
