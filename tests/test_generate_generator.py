@@ -28,8 +28,19 @@ PROMPT_LENS = (1, 5, 16, 23)  # mixed, across two prompt buckets (16 and 32)
 MAX_NEW = (16, 7, 12, 9)  # one new-token bucket (16), so most tests share compiled programs
 
 
+# Family variants: Gemma-3-like (local / global layers, every switch on), Mistral-like (every layer
+# windowed). Windows shorter than the prompts, so the KV cache reads are window-limited.
+VARIANTS = {
+    "gemma": dict(n_layers=3, sliding_window=6, layer_types=("sliding", "full", "sliding"), rope_local_theta=100.0,
+                  qk_norm=True, norm_plus_one=True, post_norms=True, mlp_activation="gelu_tanh", embed_scale=True,
+                  query_pre_attn_scalar=20.0, attn_softcap=3.0, final_softcap=5.0, tie_embeddings=True),
+    "windowed": dict(sliding_window=6),
+}
+
+
 def build(family: str = "llama", scan: bool = False):
-    """A small random model; vocab 250 pads to 256 so the padded logit columns are exercised."""
+    """A small random model; vocab 250 pads to 256 so the padded logit columns are exercised.
+    family: llama | gpt2 | a VARIANTS key (llama family with those switches)."""
     return _build(family, scan)  # one cache key per model, however the defaults are spelled
 
 
@@ -37,10 +48,13 @@ def build(family: str = "llama", scan: bool = False):
 def _build(family: str, scan: bool):
     c = base_config()
     m = c.model
-    m.family, m.scan_layers = family, scan
+    variant = VARIANTS.get(family, {})
+    m.family, m.scan_layers = ("llama" if variant else family), scan
     m.vocab_size, m.d_model, m.n_layers, m.d_ff, m.max_seq_len = 250, 64, 2, 128, CONTEXT
     m.n_heads, m.n_kv_heads = 4, (4 if family == "gpt2" else 2)
     m.init_std = 0.1
+    for key, value in variant.items():
+        m[key] = value
     c.data.seq_len = 64
     mesh = build_mesh(c.mesh, jax.devices()[:1])
     rules = AxisRules.from_config(c.mesh.rules, mesh)
@@ -92,7 +106,7 @@ def greedy_by_recompute(forward, params, prompt: list[int], n: int) -> list[int]
     return seq[len(prompt) :]
 
 
-@pytest.mark.parametrize("family,scan", [("llama", False), ("gpt2", False), ("llama", True)])
+@pytest.mark.parametrize("family,scan", [("llama", False), ("gpt2", False), ("llama", True), ("gemma", False), ("gemma", True)])
 def test_greedy_cached_equals_full_recompute_and_logprobs(family, scan):
     gen, forward = build(family, scan)
     prompts = prompts_for(PROMPT_LENS)
@@ -107,11 +121,13 @@ def test_greedy_cached_equals_full_recompute_and_logprobs(family, scan):
     assert len({t for c in out for t in c.tokens}) > 8  # not degenerate, so equality means something
 
 
-def test_decoding_across_kv_cache_blocks_equals_full_recompute():
+@pytest.mark.parametrize("family,scan", [("llama", False), ("windowed", True)])
+def test_decoding_across_kv_cache_blocks_equals_full_recompute(family, scan):
     """40 new tokens: a 64-slot new-token bucket, i.e. two decode blocks of the KV cache
     (llm.generate.kv_cache.block_sizes) that attention starts reading one after the other;
-    streamed in chunks that straddle the block boundary."""
-    gen, forward = build()
+    streamed in chunks that straddle the block boundary. Windowed: the second block's steps
+    skip the prompt block outright (it lies wholly behind the window)."""
+    gen, forward = build(family, scan)
     prompts = prompts_for((5, 23), seed=7)
     out = gen.generate(prompts, max_new_tokens=40, return_logprobs=True)
     for prompt, c in zip(prompts, out):
@@ -296,3 +312,16 @@ def test_stop_sequences_end_a_row_after_their_last_token():
     assert cut[0].tokens == free[0].tokens[:first] and cut[0].finish_reason == "stop"
     never = gen.generate(prompts, max_new_tokens=12, stop_sequences=[[249, 249, 249, 249]])
     assert [c.tokens for c in never] == [c.tokens for c in free] and never[0].finish_reason == "length"
+
+
+def test_window_limited_cache_reads():
+    """Which cache blocks a windowed layer reads: those not wholly behind its window."""
+    import jax.numpy as jnp
+
+    from llm.generate.kv_cache import first_visible_block
+
+    blocks = [jnp.zeros((1, 1, n, 1)) for n in (32, 32, 32, 64)]  # slots 0-31, 32-63, 64-95, 96-159
+    assert [first_visible_block(blocks, r, 0) for r in range(4)] == [0, 0, 0, 0]
+    assert [first_visible_block(blocks, r, 6) for r in range(4)] == [0, 0, 1, 2]
+    assert first_visible_block(blocks, 2, 34) == 0  # slot 31 is 33 slots before slot 64: inside a window of 34
+    assert first_visible_block(blocks, 2, 33) == 1  # ... and outside one of 33 (distance < window is visible)
