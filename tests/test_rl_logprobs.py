@@ -189,3 +189,27 @@ def test_temperature_scales_the_logits_chunked_or_not_with_matching_gradients(ch
     unchunked, _ = build(0)
     loss = lambda g: jax.grad(lambda p: jnp.sum(lp(p, g) * batch["loss_mask"]))(params)  # noqa: E731
     assert_trees_close_at_scale(jax.jit(lambda p: loss(graphdef))(params), jax.jit(lambda p: loss(unchunked))(params))
+
+
+def test_chunked_logprobs_apply_the_final_softcap_and_its_gradient():
+    """Gemma 2's final soft-cap: the chunked forward caps the logits and its recomputing
+    backward multiplies by the cap's slope, as autodiff through the capped full logits does."""
+    keys = jax.random.split(jax.random.key(0), 4)
+    h = jax.random.normal(keys[0], (2, 16, 8))
+    w = jax.random.normal(keys[1], (8, 24)) * 3.0  # logits well into tanh's bend
+    y = jax.random.randint(keys[2], (2, 16), 0, 20)
+    g = jax.random.normal(keys[3], (2, 16))
+    cap = 2.0
+
+    def reference(h, w):
+        logits = jnp.tanh((h @ w) / cap) * cap
+        logits = jnp.where(jnp.arange(24) < 20, logits, -1e30)
+        return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), y[..., None], axis=-1)[..., 0]
+
+    ours = lambda h, w: chunked_target_logprobs(h, w, y, vocab_size=20, chunk=4, softcap_at=cap)  # noqa: E731
+    assert_close_at_scale(ours(h, w), reference(h, w))
+    got = jax.grad(lambda h, w: (ours(h, w) * g).sum(), argnums=(0, 1))(h, w)
+    want = jax.grad(lambda h, w: (reference(h, w) * g).sum(), argnums=(0, 1))(h, w)
+    assert_trees_close_at_scale(got, want)
+    uncapped = chunked_target_logprobs(h, w, y, vocab_size=20, chunk=4)
+    assert float(jnp.abs(uncapped - ours(h, w)).max()) > 0.1  # the cap matters here
