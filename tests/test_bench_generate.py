@@ -39,6 +39,37 @@ def test_bench_measures_both_sides_on_the_same_work():
     assert r["roofline_fraction_b1"] > 0
 
 
+def family_config(family: str):
+    """tiny_config("llama") built like Qwen3 or Gemma 3 (a window of 4 on the first of two
+    layers, shorter than prompt + new tokens) or Gemma 2 (soft-capped, windowed likewise)."""
+    c = tiny_config("llama")
+    m = c.model
+    m.qk_norm = family in ("qwen3", "gemma3")
+    if family.startswith("gemma"):
+        m.norm_plus_one = m.post_norms = m.embed_scale = m.tie_embeddings = True
+        m.mlp_activation = "gelu_tanh"
+        m.sliding_window, m.layer_types = 4, ("sliding", "full")
+    if family == "gemma3":
+        m.rope_theta, m.rope_local_theta = 1e6, 1e4
+    if family == "gemma2":
+        m.attn_softcap, m.final_softcap = 5.0, 3.0
+    return c
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ("qwen3", "gemma3", "gemma2"))
+def test_family_peer_is_the_same_model_with_transformers_default_cache(family):
+    """The HF peer of a Qwen3 / Gemma model is its own family's class, with the KV cache
+    `generate` builds by default (sliding-window layers for Gemma's windowed layers), and decodes
+    our weights greedily to the same tokens past the window."""
+    r = run_generate_bench(family_config(family), vs_hf=True, prompt_len=8, new_tokens=12, batches=(2,), repeats=1)
+    assert r["params"] == r["hf_params"] > 0
+    assert r["hf_model"] == {"qwen3": "Qwen3ForCausalLM", "gemma3": "Gemma3ForCausalLM", "gemma2": "Gemma2ForCausalLM"}[family]
+    expected_cache = {"DynamicLayer": 2} if family == "qwen3" else {"DynamicSlidingWindowLayer": 1, "DynamicLayer": 1}
+    assert r["hf_cache"] == expected_cache
+    assert r["greedy_agreement_with_hf_b2"] == 1.0
+
+
 @pytest.mark.slow
 def test_gpt2_greedy_matches_hf_generate():
     result = run_generate_bench(
