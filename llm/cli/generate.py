@@ -11,6 +11,10 @@ one batch. Batch mode reads JSON lines with a "prompt" field (and optionally
 --chat formats each prompt as a user turn of the model's chat template and opens the assistant
 turn, as `llm sft` trained it; with --chat an input line may instead hold SFT "messages", whose
 turns up to the last user turn are the prompt (so a held-out SFT file can be completed as is).
+A Hugging Face model directory (unless --config.data.chat_template names one of ours), or a
+checkpoint whose data.chat_template is empty, uses its tokenizer's own jinja chat template,
+rendered and encoded as transformers' apply_chat_template(add_generation_prompt=True) does (no
+BOS/EOS added: they come from the template text).
 `--config.a.b=value` overrides apply to the checkpoint's stored config (e.g. the mesh).
 A Hugging Face model directory generates as transformers' text-generation pipeline does: the
 prompt encoded as its AutoTokenizer encodes it (BOS or not), its generation_config.json's eos ids
@@ -71,10 +75,14 @@ def _stop_ids(tokenizer, stops: list[str], eos_stop: bool, eos_ids: tuple[int, .
     return ids
 
 
-def _encode(tokenizer, config, text: str, where: str) -> list[int]:
+def _encode(tokenizer, config, text: str, where: str, template=None) -> list[int]:
+    """The prompt's ids; a Hugging Face chat template's text is encoded without BOS/EOS, as
+    apply_chat_template(tokenize=True) does (add_special_tokens=False)."""
     if not text:
         raise UserError(f"{where} is empty; give some text to complete")
     ids = tokenizer.encode(text)
+    if not getattr(template, "adds_special_tokens", True):
+        return ids
     if config.data.add_bos and tokenizer.bos_id is not None:
         ids = [tokenizer.bos_id] + ids
     if getattr(tokenizer, "adds_eos", False):  # a Hugging Face tokenizer whose post-processor appends EOS
@@ -138,15 +146,30 @@ def _prompt_messages(row: dict, where: str) -> list[dict]:
     return messages[: users[-1] + 1]
 
 
-def _chat_template(source: str, config):
-    """The template the model was fine-tuned with: the config's, else its tokenizer's own."""
+def _chat_template(source: str, config, overrides=()):
+    """The template the model was fine-tuned with: the config's, else its tokenizer's own (our
+    chat_template.json, else a Hugging Face tokenizer's jinja template). A Hugging Face model
+    directory's config is the import's defaults: its tokenizer's jinja template wins there unless
+    --config.data.chat_template names one."""
     from llm.data.formats import chat_template
+    from llm.generate.load import _is_hf
+    from llm.interop.hf_chat_template import load_hf_chat_template
 
-    if config.data.chat_template:
+    hf = _is_hf(source)
+    chosen = any(o.split("=", 1)[0].strip() == "data.chat_template" for o in overrides)
+    if config.data.chat_template and (chosen or not hf):
         return chat_template(config.data.chat_template)
-    for tok_dir in (Path(source) / "tokenizer", Path(source) / "merged" / "tokenizer"):
+    tok_dirs = [Path(source) / "tokenizer", Path(source) / "merged" / "tokenizer"]
+    for tok_dir in tok_dirs:
         if (tok_dir / "chat_template.json").is_file():
             return chat_template(str(tok_dir / "chat_template.json"))
+    for tok_dir in ([Path(source)] if hf else []) + tok_dirs:
+        if (tok_dir / "tokenizer.json").is_file():
+            template = load_hf_chat_template(tok_dir)
+            if template is not None:
+                return template
+    if config.data.chat_template:  # a Hugging Face directory whose tokenizer has no template
+        return chat_template(config.data.chat_template)
     raise UserError(
         f"--chat: {source!r} has no chat template (data.chat_template is empty and its tokenizer has none); "
         "pass --config.data.chat_template=default (or chatml, or a JSON file)"
@@ -204,7 +227,7 @@ def _batch_file(loaded, args, stop_ids: list[int], kwargs: dict, template) -> No
     encoded = []
     for r in rows:
         where = f"the prompt on line {r['_line']} of {args.input}"
-        encoded.append(_encode(loaded.tokenizer, loaded.config, _prompt_text(r, template, where), where))
+        encoded.append(_encode(loaded.tokenizer, loaded.config, _prompt_text(r, template, where), where, template))
     max_new = [int(r["max_new_tokens"]) if "max_new_tokens" in r else _max_new(args, e) for r, e in zip(rows, encoded)]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     with open(args.output, "w") as f, tqdm(total=len(rows), unit="prompt", desc="generate") as bar:
@@ -278,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
     for i, text in enumerate(prompts):
         if not text:
             raise UserError(f"--prompt number {i + 1} is empty; give some text to complete")
-    template = _chat_template(source, config) if args.chat else None
+    template = _chat_template(source, config, args.config_overrides) if args.chat else None
     loaded = load_for_generation(source, config)
     stop_ids = _stop_ids(loaded.tokenizer, args.stop, not args.no_eos_stop, defaults.eos_ids)
     kwargs = dict(options=options, stop_tokens=stop_ids, seed=args.seed, return_logprobs=args.logprobs)
@@ -286,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
         _batch_file(loaded, args, stop_ids, kwargs, template)
         return 0
     encoded = [
-        _encode(loaded.tokenizer, config, _prompt_text({"prompt": t}, template, ""), f"--prompt number {i + 1}")
+        _encode(loaded.tokenizer, config, _prompt_text({"prompt": t}, template, ""), f"--prompt number {i + 1}", template)
         for i, t in enumerate(prompts)
     ]
     if len(encoded) == 1:
