@@ -22,7 +22,8 @@ def run(graphdef, params, *inputs):
     """The model's logits, jitted (op-by-op dispatch would dominate the test's time)."""
     return np.asarray(jax.jit(lambda p, *x: nnx.merge(graphdef, p)(*x))(params, *inputs))
 
-TARGETS = {"llama": "all_linear", "gpt2": r"attn/(q|v|o)/kernel$|mlp/up/kernel$"}  # GPT-2: part of the fused c_attn
+TARGETS = {"llama": "all_linear", "qwen3": "all_linear", "gemma2": "all_linear", "gemma3": "all_linear",
+           "mistral_window": "all_linear", "gpt2": r"attn/(q|v|o)/kernel$|mlp/up/kernel$"}  # GPT-2: part of the fused c_attn
 
 
 def adapted_model(directory, family, seed=0):
@@ -37,7 +38,7 @@ def adapted_model(directory, family, seed=0):
     return hf, graphdef, params, g, adapted, info, spec
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen3", "gemma2", "gemma3", "mistral_window"])
 def test_peft_export_loads_in_peft_with_our_logits_and_imports_back(tmp_path, family):
     import peft
     import torch
@@ -55,6 +56,11 @@ def test_peft_export_loads_in_peft_with_our_logits_and_imports_back(tmp_path, fa
     assert config["r"] == 4 and config["lora_alpha"] == 8.0 and config["fan_in_fan_out"] == (family == "gpt2")
     if family == "gpt2":  # q and v adapters fuse into one rank-8 c_attn adapter
         assert config["rank_pattern"] == {f"transformer.h.{i}.attn.c_attn": 8 for i in range(2)}
+    else:  # all_linear: the seven projections of every layer, never a (QK- or sandwich) norm
+        assert config["target_modules"] == sorted(
+            f"model.layers.{i}.{part}" for i in range(hf.config.num_hidden_layers)
+            for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
     with torch.no_grad():
         theirs = peft.PeftModel.from_pretrained(hf, str(tmp_path / "peft")).eval()(torch.tensor(tokens)).logits.numpy()
     assert np.abs(theirs - ours).max() <= 1e-4
