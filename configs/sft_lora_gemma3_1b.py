@@ -5,7 +5,7 @@ The Gemma 3 1B text shape (26 layers, d_model 1152, 4 query heads / 1 KV head of
 sqrt(1152), tied 262,144-token embedding; five 512-token sliding-window layers per global one,
 RoPE base 10k on the windowed layers and 1M on the global ones, queries scaled by 256^-0.5),
 parameters fully sharded over the 8 chips (mesh data=1 x fsdp=8 x tensor=1), scanned layers with
-full remat, bf16 compute, 4096-token packed chat sequences, 32 per step (4 per chip) in 2
+full remat, bf16 compute, 4096-token packed chat sequences in Gemma's turn format, 32 per step (4 per chip) in 2
 micro-batches of 16; LoRA rank 16 (alpha 32) on every linear layer (q/k/v/o_proj,
 gate/up/down_proj; the norms stay frozen), the base frozen.
 The LM head runs in 256-position chunks (model.loss_chunk): a whole sequence's 262k-wide f32
@@ -63,6 +63,7 @@ def get_config():
     c.mesh.fsdp = -1
     c.mesh.tensor = 1
     c.data.format = "sft"
+    c.data.chat_template = "gemma"  # Gemma's <start_of_turn>user / model turns
     c.data.seq_len = 4096
     c.data.batch_size = 32
     c.data.long_documents = "truncate"

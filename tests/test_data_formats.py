@@ -141,3 +141,29 @@ def test_make_batches_refuses_preference_format(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
     with pytest.raises(UserError, match="make_preference_batches"):
         make_batches(config_for(path, "preference"))
+
+
+# Gemma 2's chat template as its tokenizer_config.json ships it (Gemma 3's renders these turns the same).
+GEMMA_JINJA = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}"
+)
+
+
+def test_gemma_template_renders_gemmas_own_turns():
+    """data.chat_template=gemma gives the text of Gemma's jinja template (after its BOS, which
+    data.add_bos adds), and the generation prompt opens the model's turn the same way."""
+    from llm.interop.hf_chat_template import HFChatTemplate
+
+    jinja = HFChatTemplate(GEMMA_JINJA, {"bos_token": "<bos>"})
+    messages = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "Why?"}]
+    ours = TEMPLATES["gemma"]
+    assert "<bos>" + ours.text(messages[:2]) == jinja.render(messages[:2], add_generation_prompt=False)
+    assert "<bos>" + ours.generation_prompt(messages) == jinja.render(messages, add_generation_prompt=True)
+    enc = encode_chat(ByteTokenizer(), ours, messages[:2])
+    assert bytes(enc.tokens[enc.weights == 1].tolist()).decode() == "Hello.<end_of_turn>\n"

@@ -97,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.format = "pretrain"  # pretrain | sft (chat `messages` or prompt/response; loss on assistant tokens)
     d.prompt_field = "prompt"
     d.response_field = "response"
-    d.chat_template = "default"  # default | chatml | path to a template JSON file
+    d.chat_template = "default"  # default | chatml | gemma | path to a template JSON file
     # Preference records whose prompt/answers are strings: True renders them through chat_template
     # as a user prompt + assistant answer (as `llm sft` renders prompt/response records); False
     # concatenates them as plain text with EOS after each answer (TRL's non-conversational form).

@@ -71,6 +71,16 @@ TEMPLATES = {
             ("assistant", ("<|im_start|>assistant\n", "<|im_end|>\n")),
         )
     ),
+    # Gemma 2/3's turns (the model's role is "model"). Gemma has no system turn: Gemma 3's own
+    # template folds a system message into the first user turn, which prefix/suffix pairs cannot
+    # express, so here a system message is a user turn of its own.
+    "gemma": ChatTemplate(
+        (
+            ("system", ("<start_of_turn>user\n", "<end_of_turn>\n")),
+            ("user", ("<start_of_turn>user\n", "<end_of_turn>\n")),
+            ("assistant", ("<start_of_turn>model\n", "<end_of_turn>\n")),
+        )
+    ),
 }
 
 
