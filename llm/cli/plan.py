@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--validate", action="store_true", help="run short real steps here and print predicted vs measured")
     p.add_argument("--validate-configs", default="tiny,small", help="with --validate: configs/NAME.py models, each full and LoRA (and QLoRA with --validate-methods)")
     p.add_argument("--validate-methods", default="full,lora", help="with --validate: methods to run")
-    p.add_argument("--steps", type=int, default=4, help="with --validate: steps per run (the first compiles and is not timed)")
+    p.add_argument("--steps", type=int, default=6, help="with --validate / --calibrate: steps per run (the first compiles and is not timed)")
+    p.add_argument("--calibrate", action="store_true", help="run --validate's runs and print the cpu rows they measure for configs/plan_mfu.json")
     p.set_defaults(func=run)
 
 
@@ -42,13 +43,19 @@ def run(args: argparse.Namespace) -> int:
         import jax
 
         jax.config.update("jax_platforms", "cpu")
-    if args.validate:
-        from llm.plan.validate import format_validation, validate
+    if args.validate or args.calibrate:
+        import datetime
 
         from llm.plan.methods import parse_methods
+        from llm.plan.validate import format_validation, mfu_rows, validate
 
         results = validate([c for c in args.validate_configs.split(",") if c], parse_methods(args.validate_methods), args.steps)
         print(format_validation(results))
+        if args.calibrate:
+            command = (f"llm plan --calibrate --validate-configs {args.validate_configs} --validate-methods "
+                       f"{args.validate_methods} --steps {args.steps}")
+            rows = mfu_rows(results, datetime.date.today().isoformat(), command)
+            print(json.dumps(rows, indent=1))
         if args.json:
             _write(args.json, [r.as_json() for r in results])
         return 0
@@ -92,9 +99,9 @@ def make_plan(args: argparse.Namespace):
     methods = parse_methods(args.compare) if args.compare else list(dict.fromkeys(["full", method_of(config)]))
     peak = None
     if any(hw.kind == "cpu" for hw in hardware):
-        from llm.train.flops import device_peak_flops
+        from llm.plan.cpu import cpu_peak_flops
 
-        peak, _ = device_peak_flops()
+        peak = cpu_peak_flops()
     memories = Memories(args.memory, lambda message: print(message, file=sys.stderr, flush=True))
     rows = tuple(plan_row(config, hw, m, tokens, mfu_rows, prices, memories, peak) for hw in hardware for m in methods)
     if not any(r.fit is not None and r.hardware.name == r.asked.name for r in rows):

@@ -9,6 +9,8 @@ accumulation: the running sum and the micro-batch's); activations by remat polic
   save_matmul  every layer keeps its projection outputs (what the policy saves) and its input;
   full         every layer keeps only its input; one layer at a time is recomputed;
 
+(only the layers the backward pass reaches: none below the lowest trained one)
+
 plus the working set of one layer's backward pass (its intermediates, attention probabilities and
 their f32 gradient), the LM head's f32 logits and their gradient (one `model.loss_chunk` at a
 time), and with FSDP one layer's gathered weights (double-buffered, in the compute dtype) and,
@@ -93,6 +95,20 @@ def _adapter_outputs_per_layer(state: AbstractState) -> int:
     return int(total)
 
 
+def layers_with_gradients(state: AbstractState) -> int:
+    """Layers the backward pass reaches: from the lowest one holding a trained leaf upward (none
+    of a frozen layer's activations are kept below it); all of them when the embeddings train."""
+    n = state.spec.n_layers
+    lowest = n
+    for path, _ in jax.tree_util.tree_leaves_with_path(state.trainable):
+        keys = path_keys(path)
+        if keys[0] in ("embed", "pos_embed"):
+            return n
+        if keys[0] == "blocks":
+            lowest = min(lowest, keys[1] if isinstance(keys[1], int) else 0)
+    return n - lowest
+
+
 def analytic_memory(config: ml_collections.ConfigDict, state: AbstractState, platform: str) -> Memory:
     """The model in the module docstring, for `config` on `state`'s mesh and `platform`'s compiler
     (tpu / gpu / cpu: XLA:CPU fuses less, see UNFUSED_CPU)."""
@@ -117,7 +133,7 @@ def analytic_memory(config: ml_collections.ConfigDict, state: AbstractState, pla
     probs = scores * (3 * 4 if cpu else c)  # kept for the backward pass (see UNFUSED_CPU)
     if cpu:  # the adapter branch's output beside the kernel's, per adapted projection
         layer_all += n * c * _adapter_outputs_per_layer(state) // tensor
-    L = spec.n_layers
+    L = layers_with_gradients(state)
     if spec.remat == "none":
         kept = L * (layer_all + probs)
     elif spec.remat == "save_matmul":

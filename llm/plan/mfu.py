@@ -31,7 +31,6 @@ class MfuRow:
     date: str
     command: str
     d_model: int = 0  # 0: any width
-    overhead_s: float = 0.0  # fixed per-step time (CPU: dispatch; measured on a near-empty step)
     note: str = ""
 
 
@@ -83,9 +82,8 @@ def lookup(rows: list[MfuRow], chip: str, kind: str, method: str, d_model: int =
             else:
                 value = _curve(full, d_model)
         status = "measured" if all(r.status == "measured" for r in used) else ("assumed" if all(r.status == "assumed" for r in used) else "partly assumed")
-        overhead = max((r.overhead_s for r in used), default=0.0)
         command = "; ".join(dict.fromkeys(r.command for r in used))
         date = ", ".join(dict.fromkeys(r.date for r in used))
         note = "" if len(used) == 1 else f"from {len(used)} rows at d_model " + ", ".join(str(r.d_model) for r in used)
-        return MfuRow(hw, method, min(value, 1.0), status, date, command, d_model, overhead, note)
+        return MfuRow(hw, method, min(value, 1.0), status, date, command, d_model, note)
     raise UserError(f"the MFU table has no row for {chip} ({kind}); add one for hardware {chip!r} or {kind!r} to configs/plan_mfu.json")

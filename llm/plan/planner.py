@@ -198,7 +198,12 @@ def plan_row(
         else:
             note = f"does not fit {hw.name}" + (" nor any larger slice tried" if hw.kind != "cpu" else " (this machine's memory)")
     mfu = lookup(mfu_rows, planned_on.chip, planned_on.kind, method, cfg.model.d_model)
-    peak = peak if peak is not None and planned_on.kind == "cpu" else planned_on.peak_flops
+    if planned_on.kind != "cpu":
+        peak = planned_on.peak_flops
+    elif peak is None:
+        from llm.plan.cpu import cpu_peak_flops
+
+        peak = cpu_peak_flops()
     timing = step_time(fit.config, fit.state, planned_on, mfu, peak) if fit else None
     return PlanRow(
         hw, planned_on, method, method_name(cfg), first.fits(hw), first.memory, fit, timing, mfu, peak, tokens,

@@ -31,7 +31,7 @@ def _duration(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"
-    return f"{seconds:.1f} s"
+    return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1e3:.0f} ms"
 
 
 def _count(n: float) -> str:
@@ -117,7 +117,7 @@ def assumptions(plan: Plan) -> list[str]:
             continue
         seen.add(key)
         m = row.mfu
-        extra = f", plus {m.overhead_s * 1e3:.0f} ms fixed per step" if m.overhead_s else ""
+        extra = f", {m.note}" if m.note else ""
         peak = f"peak {row.peak_flops / 1e12:.3g} TFLOP/s per chip" + (" (measured now, matmul)" if row.hardware.kind == "cpu" else "")
         lines.append(f"- {row.hardware.chip} {row.method}: MFU {m.mfu:.0%} ({m.status}, {m.date}: {m.command}){extra}; {peak}")
     links = {r.hardware.name: r.hardware for r in plan.rows if r.hardware.link_bytes_s}

@@ -7,10 +7,11 @@
             (n - 1) / n of the full bytes through each chip's link
   data    = once per step: the trained weights' f32 gradients all-reduced over the data axis
             (a ring all-reduce moves 2 (n - 1) / n of them)
-  step    = overhead + max(compute, communication): XLA overlaps the collectives with the
-            layers' matmuls, so communication costs time only where it exceeds the compute.
-The MFU row (llm.plan.mfu) says where the MFU came from; on CPU its `overhead_s` is the fixed
-per-step time measured on the smallest model (dispatch, small ops), zero elsewhere.
+  step    = max(compute, communication): XLA overlaps the collectives with the layers' matmuls,
+            so communication costs time only where it exceeds the compute.
+The MFU row (llm.plan.mfu) says where the MFU came from. On a CPU the peak is measured in the
+same process just before (llm.train.flops.device_peak_flops), so a machine whose cores are
+shared slows the prediction as it slows the run.
 """
 
 from __future__ import annotations
@@ -30,12 +31,11 @@ class StepTime:
     step_flops: float  # model FLOPs of one step, all chips
     compute_s: float
     comm_s: float
-    overhead_s: float
     comm_bytes_per_chip: float
 
     @property
     def step_s(self) -> float:
-        return self.overhead_s + max(self.compute_s, self.comm_s)
+        return max(self.compute_s, self.comm_s)
 
 
 def step_flops(config: ml_collections.ConfigDict, state: AbstractState) -> float:
@@ -78,4 +78,4 @@ def step_time(config: ml_collections.ConfigDict, state: AbstractState, hw: Hardw
     compute = flops / (hw.chips * peak * mfu.mfu)
     sent = communication(config, state)
     comm = sent / hw.link_bytes_s if hw.link_bytes_s else 0.0
-    return StepTime(flops, compute, comm, mfu.overhead_s, sent)
+    return StepTime(flops, compute, comm, sent)
