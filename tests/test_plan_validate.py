@@ -18,7 +18,7 @@ def test_predictions_match_short_real_runs(tmp_path):
     out = tmp_path / "validate.json"
     proc = subprocess.run(
         [sys.executable, "-m", "llm.cli.main", "plan", "--validate", "--validate-configs", "tiny,small",
-         "--validate-methods", "full,lora", "--steps", "4", "--json", str(out)],
+         "--validate-methods", "full,lora", "--steps", "3", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

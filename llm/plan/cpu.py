@@ -43,7 +43,7 @@ def cpu_peak_flops(size: int = 2048, repeats: int = 5) -> float:
 class StepMeasurement:
     wall_s: float  # per step, as the clock saw it (neighbours included)
     alone_s: float  # per step, the process's CPU time / cores: the step on the machine alone
-    memory_bytes: int  # the compiled step's buffers (cost.json's peak_memory_bytes)
+    memory_bytes: int  # the compiled step's buffers (as cost.json's peak_memory_bytes)
     model_flops: float  # per step, all devices (the DESIGN.md formula, frozen weights without weight gradients)
 
 
@@ -51,7 +51,8 @@ def measure_steps(config: ml_collections.ConfigDict, steps: int) -> StepMeasurem
     """Build the run `llm sft` / `llm train` would (one device), compile, then time `steps`
     steps on one synthetic batch after one untimed step."""
     from llm.bench.train import synthetic_batch
-    from llm.finetune.cost import step_analysis, step_flops_per_token
+    from llm.compile.analysis import compiled_figures
+    from llm.finetune.cost import step_flops_per_token
     from llm.finetune.tasks import is_partitioned, partition_for_config
     from llm.train.flops import flops_per_token
     from llm.train.setup import build_partitioned_setup, build_setup
@@ -63,13 +64,15 @@ def measure_steps(config: ml_collections.ConfigDict, steps: int) -> StepMeasurem
     else:
         (setup, state), frozen = build_setup(config, devices=devices), {}
         per_token = flops_per_token(setup.spec, config.data.seq_len)
-    memory = int(step_analysis(setup, state, frozen)["peak_memory_bytes"])
     batch = setup.shard_batch(synthetic_batch(setup.spec.vocab_size, config.data.batch_size, config.data.seq_len))
-    state, metrics = setup.train_step(state, batch, frozen)
+    step = setup.train_step.lower(state, batch, frozen).compile()  # compiled once: timed and analysed
+    figures = compiled_figures(step)
+    memory = max(figures.peak_bytes or 0, figures.total_bytes)  # as cost.json's peak_memory_bytes
+    state, metrics = step(state, batch, frozen)
     jax.block_until_ready(metrics["loss"])
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
-        state, metrics = setup.train_step(state, batch, frozen)
+        state, metrics = step(state, batch, frozen)
     jax.block_until_ready(metrics["loss"])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return StepMeasurement(wall / steps, cpu / steps / cores(), memory, per_token * config.data.batch_size * config.data.seq_len)
