@@ -182,3 +182,5 @@ def test_export_model_type_checks():
         config_to_hf(gemma2, "qwen3")
     windowed = hf_to_config({**LLAMA, "model_type": "mistral", "sliding_window": 16})
     assert config_to_hf(windowed)["model_type"] == "mistral" and not compatible_model_type(windowed, "llama")
+    moot = hf_to_config({**LLAMA, "model_type": "mistral", "sliding_window": 4096})  # never applies within 128 positions
+    assert compatible_model_type(moot, "llama") and config_to_hf(moot, "mistral")["sliding_window"] == 4096

@@ -211,7 +211,7 @@ def inexpressible(m: ml_collections.ConfigDict, mt: str) -> str | None:
         return "windowed layers have their own RoPE base (model.rope_local_theta)"
     types = _windows(m)
     if "sliding" in types:
-        if mt == "llama":
+        if mt == "llama" and m.sliding_window < m.max_seq_len:  # a window >= the context never applies
             return "it has a sliding window"
         if mt == "mistral" and set(types) != {"sliding"}:
             return "Mistral windows every layer, this model only some"
