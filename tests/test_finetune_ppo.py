@@ -199,15 +199,15 @@ def test_separate_critic_reads_the_policys_frozen_base_with_its_own_weights(lora
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """A random tiny Llama policy (Hugging Face directory) and a reward model workdir (another
-    random tiny Llama + a random head) sharing one BPE tokenizer."""
-    from interop_models import build_hf_model, single_device_rules, train_tokenizer
+    random tiny Llama + a random head) sharing one Llama-3-style BPE tokenizer (BOS by its post-processor)."""
+    from interop_models import build_hf_model, single_device_rules, styled_tokenizer
     from llm.checkpoint.params_io import save_params
     from llm.config.base import base_config
     from llm.interop.hf_import import load_hf_checkpoint
     from llm.interop.hf_reward import write_head_file
 
     root = tmp_path_factory.mktemp("ppo")
-    tok = train_tokenizer(root / "tok")
+    tok = styled_tokenizer(root / "tok", "llama3")
     build_hf_model("llama", root / "policy", seed=3, tokenizer_dir=tok)
     build_hf_model("llama", root / "rm_src", seed=4, tokenizer_dir=tok)
     config, _, params = load_hf_checkpoint(root / "rm_src", single_device_rules(base_config()))

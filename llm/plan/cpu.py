@@ -20,6 +20,9 @@ import jax.numpy as jnp
 import ml_collections
 
 
+MIN_TIMED_S = 2.0
+
+
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -70,9 +73,12 @@ def measure_steps(config: ml_collections.ConfigDict, steps: int) -> StepMeasurem
     memory = max(figures.peak_bytes or 0, figures.total_bytes)  # as cost.json's peak_memory_bytes
     state, metrics = step(state, batch, frozen)
     jax.block_until_ready(metrics["loss"])
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
+    # At least `steps` steps and at least MIN_TIMED_S of them: a few tens-of-ms steps (tiny) are
+    # otherwise dominated by the timer's and the dispatcher's noise.
+    wall, cpu, done = time.perf_counter(), time.process_time(), 0
+    while done < steps or time.perf_counter() - wall < MIN_TIMED_S:
         state, metrics = step(state, batch, frozen)
-    jax.block_until_ready(metrics["loss"])
+        jax.block_until_ready(metrics["loss"])
+        done += 1
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return StepMeasurement(wall / steps, cpu / steps / cores(), memory, per_token * config.data.batch_size * config.data.seq_len)
+    return StepMeasurement(wall / done, cpu / done / cores(), memory, per_token * config.data.batch_size * config.data.seq_len)
