@@ -30,16 +30,10 @@ def cores() -> int:
 def cpu_peak_flops(size: int = 2048, repeats: int = 5) -> float:
     """The machine's peak FLOP/s for one process: the best per-core rate of an f32 matmul (by
     CPU time) times the cores."""
-    a = jnp.ones((size, size), jnp.float32)
-    a = jax.device_put(a, jax.devices("cpu")[0])
-    matmul = jax.jit(lambda x, y: x @ y)
-    matmul(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        matmul(a, a).block_until_ready()
-        best = min(best, time.process_time() - start)
-    return 2 * size**3 / best * cores()
+    from llm.train.flops import measure_matmul_peak
+
+    with jax.default_device(jax.devices("cpu")[0]):
+        return measure_matmul_peak(jnp.float32, size, repeats, clock=time.process_time) * cores()
 
 
 @dataclasses.dataclass(frozen=True)
