@@ -58,17 +58,24 @@ def test_remat_keeps_loss_and_gradients(policy):
     assert_trees_close_at_scale(results[1][1], results[0][1])
 
 
+def assert_rows_equal_their_documents_alone(graphdef, params, packed: dict) -> None:
+    """Each packed row's logits (two documents, split at a third: random_batch) equal each
+    document's run on its own."""
+    logits = np.asarray(forward(graphdef, params, packed))
+    length = packed["inputs"].shape[1]
+    cut = length // 3
+    for lo, hi in ((0, cut), (cut, length)):
+        alone = {k: v[:, lo:hi] for k, v in packed.items()}
+        alone["segment_ids"] = np.ones_like(alone["segment_ids"])
+        np.testing.assert_allclose(logits[:, lo:hi], np.asarray(forward(graphdef, params, alone)), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_packed_rows_do_not_attend_across_documents(family):
     kv = "model.n_kv_heads=4" if family == "gpt2" else "model.n_kv_heads=2"
     graphdef, params, _ = build(f"model.family={family}", kv)
     packed = random_batch(256, 2, 48, packed=True)
-    logits = np.asarray(forward(graphdef, params, packed))
-    cut = 48 // 3
-    for lo, hi in ((0, cut), (cut, 48)):
-        alone = {k: v[:, lo:hi] for k, v in packed.items()}
-        alone["segment_ids"] = np.ones_like(alone["segment_ids"])
-        np.testing.assert_allclose(logits[:, lo:hi], np.asarray(forward(graphdef, params, alone)), rtol=1e-5, atol=1e-5)
+    assert_rows_equal_their_documents_alone(graphdef, params, packed)
 
 
 def test_llama3_rope_scaling_matches_transformers():
@@ -166,12 +173,8 @@ def test_windowed_packed_rows_see_neither_other_documents_nor_beyond_the_window(
     graphdef, params, spec = build(*overrides)
     assert any(spec.windows)
     packed = random_batch(256, 2, 48, packed=True)
-    logits = np.asarray(forward(graphdef, params, packed))
+    assert_rows_equal_their_documents_alone(graphdef, params, packed)
     cut = 48 // 3
-    for lo, hi in ((0, cut), (cut, 48)):
-        alone = {k: v[:, lo:hi] for k, v in packed.items()}
-        alone["segment_ids"] = np.ones_like(alone["segment_ids"])
-        np.testing.assert_allclose(logits[:, lo:hi], np.asarray(forward(graphdef, params, alone)), rtol=1e-5, atol=1e-5)
     if variant == "windowed":
         reach = spec.n_layers * (4 - 1)  # how far back information can travel through the layers
         base = np.asarray(forward(graphdef, params, packed))
