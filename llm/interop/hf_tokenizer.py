@@ -37,16 +37,6 @@ def _token_content(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _chat_template(files: dict[str, bytes], config: dict) -> str | None:
-    if "chat_template.jinja" in files:
-        return files["chat_template.jinja"].decode("utf-8")
-    template = config.get("chat_template")
-    if isinstance(template, list):  # named templates: transformers uses "default"
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        return named.get("default") or next(iter(named.values()), None)
-    return template if isinstance(template, str) else None
-
-
 class HFTokenizer:
     """vocab_size, bos_id, eos_id, pad_id (int or None), fingerprint, chat_template, adds_bos,
     adds_eos, tokenizer_class; encode / decode / token_id / save.
@@ -89,7 +79,6 @@ class HFTokenizer:
         self.bos_id = self._special_id(config, "bos_token")
         self.eos_id = self._special_id(config, "eos_token")
         self.pad_id = self._special_id(config, "pad_token")
-        self.chat_template = _chat_template(files, config)
         # transformers 5 skips this WordPiece-era cleanup for BPE models (it corrupts their text)
         # unless forced; we follow it so decode matches AutoTokenizer.
         self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False)) and (
@@ -120,6 +109,14 @@ class HFTokenizer:
         if self.suffix_ids and not self.adds_eos:
             out.append(f"its post-processor puts {self.suffix_ids} after each text, not the eos_token id {self.eos_id}")
         return out
+
+    @property
+    def chat_template(self) -> str | None:
+        """The jinja chat template transformers' apply_chat_template would use (one home for
+        that choice: llm.interop.hf_chat_template.template_source)."""
+        from llm.interop.hf_chat_template import template_source
+
+        return template_source(self._files, self.source)
 
     def _special_id(self, config: dict, key: str) -> int | None:
         content = _token_content(config.get(key))
