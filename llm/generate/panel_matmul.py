@@ -20,20 +20,14 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
-import hashlib
 import logging
 import math
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import jaxlib.version
 
+from llm.cpu import build
 from llm.model.kernel import Kernel
 
 log = logging.getLogger("llm")
@@ -46,44 +40,12 @@ WIDTH = 16
 MAX_INPUT_BYTES = 8 * 2**20
 TARGET = "llm_panel_matmul"
 _SOURCE = Path(__file__).with_suffix(".cc")
-_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
-
-
-def cache_dir() -> Path:
-    """Where compiled kernels are kept: $LLM_KERNEL_CACHE, else ~/.cache/llm/kernels."""
-    return Path(os.environ.get("LLM_KERNEL_CACHE") or Path.home() / ".cache" / "llm" / "kernels")
 
 
 def compile_kernel(compiler: str | None = None, directory: Path | None = None) -> Path:
-    """Build panel_matmul.cc into a shared library (reused when source, jaxlib, machine
-    architecture, compiler and flags match).
-    Raises RuntimeError naming the compiler and its first error line when it cannot be built."""
-    compiler = compiler or os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or "c++"
-    include = jax.ffi.include_dir()
-    source = _SOURCE.read_bytes()
-    stamp = " ".join((jaxlib.version.__version__, platform.machine(), compiler, *_FLAGS))
-    key = hashlib.sha256(source + stamp.encode())
-    directory = directory or cache_dir()
-    target = directory / f"panel_matmul-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".so", delete=False) as tmp:
-        partial = Path(tmp.name)
-    try:
-        run = subprocess.run(
-            [compiler, *_FLAGS, f"-I{include}", str(_SOURCE), "-o", str(partial)],
-            capture_output=True, text=True, timeout=300,
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        partial.unlink(missing_ok=True)
-        raise RuntimeError(f"C++ compiler {compiler!r} could not run: {err}") from err
-    if run.returncode != 0:
-        partial.unlink(missing_ok=True)
-        first = next((line for line in run.stderr.splitlines() if "error" in line), run.stderr.strip()[:200])
-        raise RuntimeError(f"C++ compiler {compiler!r} failed on {_SOURCE.name}: {first}")
-    os.replace(partial, target)  # atomic: a concurrent build of the same key is harmless
-    return target
+    """Build panel_matmul.cc (llm.cpu.build.compile_kernel: cached, RuntimeError naming the
+    compiler when it cannot be built)."""
+    return build.compile_kernel(_SOURCE, compiler=compiler, directory=directory)
 
 
 _LIBRARIES: list = []  # loaded kernel libraries, kept for the life of the process
