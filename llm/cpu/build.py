@@ -20,6 +20,7 @@ from pathlib import Path
 import jax
 import jaxlib.version
 
+_HEADERS = Path(__file__).parent  # amx.h and other shared kernel headers
 BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
 
 
@@ -40,7 +41,7 @@ def compile_kernel(
     Raises RuntimeError naming the compiler and its first error line when it cannot be built."""
     compiler = compiler or default_compiler()
     include = jax.ffi.include_dir()
-    text = source.read_bytes()
+    text = source.read_bytes() + b"".join(h.read_bytes() for h in sorted(_HEADERS.glob("*.h")))
     stamp = " ".join((jaxlib.version.__version__, platform.machine(), compiler, *flags))
     key = hashlib.sha256(text + stamp.encode())
     directory = directory or cache_dir()
@@ -52,7 +53,7 @@ def compile_kernel(
         partial = Path(tmp.name)
     try:
         run = subprocess.run(
-            [compiler, *flags, f"-I{include}", str(source), "-o", str(partial)],
+            [compiler, *flags, f"-I{include}", f"-I{_HEADERS}", str(source), "-o", str(partial)],
             capture_output=True, text=True, timeout=300,
         )
     except (OSError, subprocess.TimeoutExpired) as err:
