@@ -75,10 +75,16 @@ def layer_windows(m: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 
 def resolve_compute_dtype(name: str, platform: str | None = None) -> jnp.dtype:
-    """`auto` means bf16 where it is fast (GPU/TPU) and f32 on CPU, where bf16 matmuls are slow."""
+    """`auto` means bf16 where it is fast: GPU/TPU, and CPUs whose bf16 matmul beats f32 (a bf16
+    matrix engine: AMX, AVX-512 BF16; llm.cpu.precision decides, once per machine); f32 on
+    other CPUs, where bf16 only adds conversions."""
     if name == "auto":
         platform = platform or jax.default_backend()
-        return jnp.float32 if platform == "cpu" else jnp.bfloat16
+        if platform == "cpu":
+            from llm.cpu.precision import cpu_auto_compute_dtype
+
+            return cpu_auto_compute_dtype()
+        return jnp.bfloat16
     return _DTYPES[name]
 
 

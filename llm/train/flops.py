@@ -77,12 +77,20 @@ def partitioned_flops_per_token(spec: ModelSpec, seq_len: int, trainable: Any, f
     return total
 
 
+def matmul_f32_accumulate(x: jax.Array, y: jax.Array) -> jax.Array:
+    """x @ y with an f32 result (for bf16 inputs: the bf16 engines' phrasing)."""
+    return jnp.dot(x, y, preferred_element_type=jnp.float32)
+
+
 def measure_matmul_peak(dtype=jnp.float32, size: int = 2048, repeats: int = 5, clock=time.perf_counter) -> float:
     """FLOP/s of a large square matmul on the default device, best of `repeats`, timed by
-    `clock` (time.process_time gives FLOP/s per CPU-second: llm.plan.cpu)."""
+    `clock` (time.process_time gives FLOP/s per CPU-second: llm.plan.cpu). The product
+    accumulates in f32 whatever `dtype` is: that is how the model's matmuls are phrased and
+    what bf16 matrix engines run (on XLA:CPU a bf16 dot with a bf16 result is upcast to f32 and
+    runs at f32 speed, so it would not measure the bf16 peak)."""
     a = jnp.ones((size, size), dtype)
     b = jnp.ones((size, size), dtype)
-    matmul = jax.jit(lambda x, y: x @ y)
+    matmul = jax.jit(matmul_f32_accumulate)
     matmul(a, b).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
@@ -93,7 +101,10 @@ def measure_matmul_peak(dtype=jnp.float32, size: int = 2048, repeats: int = 5, c
 
 
 def device_peak_flops(device: jax.Device | None = None, measure_cpu: bool = True) -> tuple[float, str]:
-    """(peak FLOP/s per device, where it came from). CPUs are measured, accelerators looked up."""
+    """(peak FLOP/s per device, where it came from). CPUs are measured, accelerators looked up.
+    A CPU's peak is the faster of its f32 and bf16 (f32-accumulating) matmuls, whatever the
+    compute dtype, as an accelerator's table peak is its dense bf16 rate: MFU is the share of
+    what the machine can do."""
     device = device or jax.devices()[0]
     if device.platform == "cpu":
         if not measure_cpu:

@@ -82,10 +82,16 @@ def opt_state_shardings(optimizer, params, param_shardings, replicated: NamedSha
     )
 
 
-def precision_summary(config: ml_collections.ConfigDict, spec: ModelSpec) -> str:
+def precision_summary(config: ml_collections.ConfigDict, spec: ModelSpec, platform: str | None = None) -> str:
+    """The precision log line; on a CPU under `auto` it says why compute is bf16 or f32."""
+    why = ""
+    if config.precision.compute == "auto" and platform == "cpu":
+        from llm.cpu.precision import cpu_compute_choice
+
+        why = f": {cpu_compute_choice().reason}"
     return (
         f"precision: params {config.precision.params}, compute {jnp.dtype(spec.compute_dtype).name} "
-        f"(config: {config.precision.compute}), logits/loss float32, optimizer state {config.precision.optimizer_state}"
+        f"(config: {config.precision.compute}{why}), logits/loss float32, optimizer state {config.precision.optimizer_state}"
     )
 
 
@@ -100,7 +106,7 @@ def _mesh_rules_spec(config: ml_collections.ConfigDict, devices: list | None) ->
             "vocab padded from %d to %d (multiple of %d x %d vocab shards)",
             spec.vocab_size, spec.padded_vocab, config.model.vocab_multiple, rules.shards("vocab"),
         )
-    log.info(precision_summary(config, spec))
+    log.info(precision_summary(config, spec, mesh.devices.flat[0].platform))
     return mesh, rules, spec
 
 
