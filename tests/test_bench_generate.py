@@ -86,3 +86,28 @@ def test_weight_bytes_counts_each_matrix_once_and_skips_a_gather_only_embedding(
     assert weight_bytes(params, np.float32) == (40 + 16) * 4
     tied = {"embed": np.zeros((10, 4)), "blocks": {"w": np.zeros((4, 4))}}
     assert weight_bytes(tied, "bfloat16") == (40 + 16) * 2
+
+
+def test_peer_figures_per_mode_and_the_fastest_mode():
+    """hf_figures on made-up bests: each mode's fastest thread count, and the faster mode."""
+    from llm.bench.generate import hf_figures
+
+    rows = [[1, 2, 3]]
+    best = {("hf", "float32", 2): (1.0, 1.5, rows), ("hf", "float32", 1): (0.5, 0.7, rows),
+            ("hf", "bfloat16", 2): (0.25, 0.4, rows), ("hf", "bfloat16", 1): (0.4, 0.6, rows)}
+    figures = hf_figures(best, batch=2, new_tokens=3)  # 2 rows x 2 decoded tokens per second of decode
+    assert figures["mode"] == "bfloat16"
+    assert figures["by_mode"]["float32"]["threads"] == 1 and figures["by_mode"]["float32"]["tokens_per_s"] == 8.0
+    assert figures["by_mode"]["bfloat16"]["threads"] == 2 and figures["by_mode"]["bfloat16"]["tokens_per_s"] == 16.0
+    assert figures["by_mode"]["bfloat16"]["tokens_per_s_by_threads"] == {"2": 16.0, "1": 10.0}
+
+
+def test_ours_runs_the_other_precision_only_under_auto_with_the_peer():
+    from llm.bench.generate import other_precision
+
+    config = tiny_config("llama")
+    assert other_precision(config, True, "float32") == "bfloat16"
+    assert other_precision(config, True, "bfloat16") == "float32"
+    assert other_precision(config, False, "float32") is None
+    config.precision.compute = "float32"
+    assert other_precision(config, True, "float32") is None

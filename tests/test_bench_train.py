@@ -82,3 +82,82 @@ def test_hf_peer_computes_our_logits(tmp_path, name):
     with torch.no_grad():
         theirs = peer(input_ids=torch.tensor(tokens)).logits.numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+
+# The peer's modes and thread counts, chosen by measurement: a fake machine whose step times
+# depend on the mode and the thread count set, and a clock that advances by them.
+class FakeMachine:
+    def __init__(self, seconds: dict[tuple[str, int], float]):
+        self.seconds, self.now, self.threads, self.calls = seconds, 0.0, None, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def set_threads(self, threads: int) -> None:
+        self.threads = threads
+
+    def step(self, mode: str):
+        def run():
+            self.calls.append((mode, self.threads))
+            self.now += self.seconds[(mode, self.threads)]
+        return run
+
+
+def test_each_peer_mode_runs_at_its_fastest_thread_count_and_the_faster_mode_is_compared():
+    from llm.bench.hf_peer import fastest_mode, time_modes
+
+    # f32 is fastest on 1 thread (an oversubscribed machine), bf16 on 2 and faster than f32.
+    machine = FakeMachine({("float32", 1): 2.0, ("float32", 2): 3.0, ("bfloat16", 1): 1.5, ("bfloat16", 2): 1.0})
+    figures = time_modes({m: machine.step(m) for m in ("float32", "bfloat16")}, [1, 2], steps=3, warmup=1,
+                         set_threads=machine.set_threads, clock=machine.clock)
+    assert figures["float32"]["threads"] == 1 and figures["float32"]["step_time"] == 2.0
+    assert figures["bfloat16"]["threads"] == 2 and figures["bfloat16"]["step_time"] == 1.0
+    assert figures["float32"]["probe_step_time_by_threads"] == {"1": 2.0, "2": 3.0}
+    assert fastest_mode({m: f["step_time"] for m, f in figures.items()}) == "bfloat16"
+    # Warm-up at the most threads, then the probe alternating over every (mode, threads), then
+    # the timed steps alternating between the modes at their chosen counts.
+    assert machine.calls[:2] == [("float32", 2), ("bfloat16", 2)]
+    assert machine.calls[2:6] == [("float32", 1), ("float32", 2), ("bfloat16", 1), ("bfloat16", 2)] == machine.calls[6:10]
+    assert machine.calls[10:] == [("float32", 1), ("bfloat16", 2)] * 3
+
+
+def test_thread_ties_go_to_fewer_threads():
+    from llm.bench.hf_peer import best_threads
+
+    assert best_threads({("float32", 4): 1.0, ("float32", 1): 1.0, ("float32", 2): 1.5}) == {"float32": 1}
+
+
+@pytest.mark.parametrize("cores, counts", [(1, [1]), (2, [1, 2]), (6, [1, 2, 4, 6]), (64, [1, 2, 4, 8, 16, 32, 64])])
+def test_thread_candidates_span_one_to_all_cores(cores, counts):
+    from llm.bench.hf_peer import thread_candidates
+
+    assert thread_candidates(cores) == counts
+
+
+def test_peer_bf16_is_not_run_where_torch_bf16_is_hopeless():
+    from llm.bench.hf_peer import cpu_modes
+
+    assert cpu_modes(0.15) == ({"float32": False, "bfloat16": True}, {})  # AMX: bf16 6x faster
+    modes, skipped = cpu_modes(22.0)  # AVX2: bf16 emulated
+    assert modes == {"float32": False} and "22.0x slower" in skipped["bfloat16"]
+
+
+@pytest.mark.parametrize("compute, vs_hf, bf16, measured", [
+    ("auto", True, True, ("auto", "float32")), ("auto", True, False, ("auto", "bfloat16")),
+    ("auto", False, True, ("auto",)), ("float32", True, True, ("float32",)),
+])
+def test_ours_runs_both_precisions_only_under_auto_with_the_peer(monkeypatch, compute, vs_hf, bf16, measured):
+    from llm.bench.train import precisions_to_measure
+
+    monkeypatch.setenv("LLM_CPU_BF16", "1" if bf16 else "0")
+    assert precisions_to_measure(tiny_config(f"precision.compute={compute}"), vs_hf) == measured
+
+
+def test_a_thread_count_far_behind_is_not_probed_again():
+    from llm.bench.hf_peer import time_modes
+
+    machine = FakeMachine({("float32", 1): 1.0, ("float32", 2): 10.0})
+    figures = time_modes({"float32": machine.step("float32")}, [1, 2], steps=1, warmup=0,
+                         set_threads=machine.set_threads, clock=machine.clock, probe_repeats=3)
+    assert machine.calls == [("float32", 1), ("float32", 2), ("float32", 1), ("float32", 1), ("float32", 1)]
+    assert figures["float32"]["threads"] == 1

@@ -4,11 +4,15 @@
 Decode tokens/s = batch * (N - 1) / (time the last new token reaches the host - time the first
 one does): the prefill is excluded, so the figure is the cost of the cached decode loop alone
 (ours: the streaming callback after the prefill and after the single decode loop; Hugging Face:
-a streamer's timestamps). Hugging Face runs at every candidate torch thread count (all cores
-and one) and its fastest is reported. Both sides decode greedily with no stop token, from the
-same random prompts, and take the best of a few repeats, alternating between all runners so
-that load from other processes on a shared machine hits every side alike. The greedy tokens of
-both are compared, which also proves the weights really are the same. The batch-1 figure is set
+a streamer's timestamps). Hugging Face runs in f32 and under bf16 autocast (its fastest CPU
+mode depends on the machine: bf16 on one with AMX, f32 where bf16 has no matrix engine), each at
+every candidate torch thread count; the fastest of all is the one compared against, and both
+modes are reported. Under `precision.compute=auto` with the peer, ours runs in f32 and bf16 too
+(the top-level figures are what `auto` resolves to). Both sides decode greedily with no stop
+token, from the same random prompts, and take the best of a few repeats, alternating between all
+runners so that load from other processes on a shared machine hits every side alike. The greedy
+tokens of ours (the config's precision) and of HF in f32 are compared, which also proves the
+weights really are the same (bf16 roundings may flip a near-tie). The batch-1 figure is set
 against the memory roofline: every decode step reads all the weights once, so at batch 1 the
 best possible rate is measured bandwidth / weight bytes.
 """
@@ -16,9 +20,9 @@ best possible rate is measured bandwidth / weight bytes.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from llm.bench.hf_peer import check_same_model, params_as_hf_counts
+from llm.bench.hf_peer import check_same_model, cpu_modes, params_as_hf_counts, thread_candidates, torch_bf16_slowdown
 from llm.config.loading import load_config
 from llm.generate.generator import Generator
 from llm.model.build import init_params
@@ -89,11 +93,12 @@ def interleaved(
 
 
 def _hopeless(name: Any, best: dict) -> bool:
-    """An HF thread count already 3x slower than another one is left out of later repeats: on an
-    oversubscribed machine OpenMP threads that spin-wait can make one run take minutes, and a
-    count that far behind is not going to be the fastest."""
-    hf = [v[0] for k, v in best.items() if isinstance(k, tuple)]
-    return isinstance(name, tuple) and best[name][0] > 3 * min(hf)
+    """An HF (mode, thread count) already 3x slower than another one is left out of later
+    repeats: on an oversubscribed machine OpenMP threads that spin-wait can make one run take
+    minutes (and PyTorch's bf16 without a matrix engine is many times slower than its f32), and
+    a runner that far behind is not going to be the fastest."""
+    hf = [v[0] for k, v in best.items() if k[0] == "hf"]
+    return name[0] == "hf" and best[name][0] > 3 * min(hf)
 
 
 def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
@@ -130,7 +135,8 @@ def _our_runner(generator: Generator, prompts: list[list[int]], new_tokens: int)
 
 
 def _hf_model(config: ml_collections.ConfigDict, params: Any):
-    """Export our params with llm.interop and load them with transformers (f32, eval mode)."""
+    """Export our params with llm.interop and load them with transformers (f32 weights, eval
+    mode; its bf16 mode runs them under autocast, as a user would)."""
     import torch
     import transformers
 
@@ -160,26 +166,20 @@ class _Stamps:
         pass
 
 
-def thread_candidates() -> list[int]:
-    """Torch intra-op thread counts to try: all usable cores, and 1. On a shared, oversubscribed
-    machine one thread can be several times faster (OpenMP workers spin waiting for each other)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return sorted({cores, 1}, reverse=True)
-
-
-def _hf_runners(model, prompts: list[list[int]], new_tokens: int) -> dict[int, Callable]:
-    """{torch threads: run(stamps)}: HF `generate` at each candidate thread count, every one of
-    them timed in the interleaved repeats and the fastest reported. (A short probe that picks
-    the count once is not enough on a shared machine: two threads can win the probe and then
-    run ten times slower than one when another process starts.)"""
+def _hf_runners(model, prompts: list[list[int]], new_tokens: int, modes: dict[str, bool]) -> dict[tuple[str, int], Callable]:
+    """{(mode, torch threads): run(stamps)}: HF `generate` in each of `modes` (hf_peer.cpu_modes:
+    f32, bf16 autocast) at each candidate thread count, every one of them timed in the interleaved repeats
+    and the fastest reported. (A short probe that picks the count once is not enough on a shared
+    machine: two threads can win the probe and then run ten times slower than one when another
+    process starts.)"""
     import torch
 
     ids = torch.tensor(prompts, dtype=torch.long)  # equal lengths: no padding needed
 
-    def runner(threads: int) -> Callable:
+    def runner(autocast: bool, threads: int) -> Callable:
         def run(stamps: list[float], n: int = new_tokens):
             torch.set_num_threads(threads)
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 out = model.generate(
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
@@ -195,10 +195,27 @@ def _hf_runners(model, prompts: list[list[int]], new_tokens: int) -> dict[int, C
 
         return run
 
-    runs = {threads: runner(threads) for threads in thread_candidates()}
+    runs = {(mode, threads): runner(autocast, threads)
+            for mode, autocast in modes.items() for threads in sorted(thread_candidates(), reverse=True)}
     for run in runs.values():
-        run([], min(new_tokens, 9))  # warm-up at this thread count
+        run([], min(new_tokens, 9))  # warm-up in this mode at this thread count
     return runs
+
+
+def hf_figures(best: dict, batch: int, new_tokens: int) -> dict:
+    """The peer's figures for one batch from the interleaved bests {("hf", mode, threads): (decode
+    s, total s, tokens)}: each mode's best thread count and rate, and the fastest mode."""
+    rate = lambda name: batch * (new_tokens - 1) / best[name][0]
+    by_mode: dict[str, dict] = {}
+    for mode in sorted({name[1] for name in best}):
+        by_threads = {name[2]: rate(name) for name in best if name[:2] == ("hf", mode)}
+        threads = max(by_threads, key=by_threads.get)
+        by_mode[mode] = {"tokens_per_s": by_threads[threads], "threads": threads,
+                         "tokens_per_s_by_threads": {str(t): v for t, v in by_threads.items()},
+                         "decode_s": best[("hf", mode, threads)][0], "total_s": best[("hf", mode, threads)][1],
+                         "tokens": best[("hf", mode, threads)][2]}
+    fastest = max(by_mode, key=lambda m: by_mode[m]["tokens_per_s"])
+    return {"mode": fastest, "by_mode": by_mode}
 
 
 def hf_cache_layers(model, prompt: list[int]) -> dict[str, int]:
@@ -234,6 +251,14 @@ def build_model(config: ml_collections.ConfigDict, seed: int = 0) -> tuple[Model
     return spec, graphdef, params
 
 
+def other_precision(config: ml_collections.ConfigDict, vs_hf: bool, auto_dtype: str) -> str | None:
+    """The compute precision ours also runs in: under `auto` with the peer, the one `auto` did
+    not pick (None otherwise: the plain bench is one model)."""
+    if config.precision.compute != "auto" or not vs_hf:
+        return None
+    return "bfloat16" if auto_dtype == "float32" else "float32"
+
+
 def run_generate_bench(
     config: ml_collections.ConfigDict,
     vs_hf: bool,
@@ -247,12 +272,21 @@ def run_generate_bench(
     """Measure and print the figures; returns them.
 
     Top-level keys tokens_per_s / hf_tokens_per_s / speedup_vs_hf are for the largest batch,
-    `*_b<batch>` keys for every batch.
+    `*_b<batch>` keys for every batch; hf_* figures are the peer's fastest mode (hf_mode_b<batch>),
+    hf_by_mode_b<batch> holds both; ours_by_precision_b<batch> ours in f32 and bf16 (under `auto`).
     """
     if prompt_len + new_tokens > config.model.max_seq_len:
         new_tokens = config.model.max_seq_len - prompt_len
     spec, graphdef, params = build_model(config)
     generator = Generator(graphdef, params)
+    compute = jnp.dtype(spec.compute_dtype).name
+    generators = {compute: generator}
+    other = other_precision(config, vs_hf, compute)
+    if other is not None:
+        other_config = copy.deepcopy(config)
+        other_config.precision.compute = other
+        _, other_graphdef, other_params = build_model(other_config)
+        generators[other] = Generator(other_graphdef, other_params)
     hf_model = _hf_model(config, params) if vs_hf else None
     rng = np.random.default_rng(0)
     result: dict = {
@@ -262,21 +296,30 @@ def run_generate_bench(
         "new_tokens": new_tokens,
         "device": jax.devices()[0].device_kind,
         "backend": jax.default_backend(),
-        "compute_dtype": jnp.dtype(spec.compute_dtype).name,
+        "compute_dtype": compute,
+        "compute_config": config.precision.compute,
         "decode": "greedy, no stop token; tokens/s of the decode loop (prefill subtracted)",
     }
+    if config.precision.compute == "auto" and jax.default_backend() == "cpu":
+        from llm.cpu.precision import cpu_compute_choice
+
+        result["auto_compute"] = f"{compute}: {cpu_compute_choice().reason}"
     if hf_model is not None:
         result["hf_params"] = sum(p.numel() for p in hf_model.parameters())
         check_same_model(result["params"], result["hf_params"], "this config")
         result["hf_model"] = type(hf_model).__name__
         result["hf_attention"] = hf_model.config._attn_implementation
         result["hf_cache"] = hf_cache_layers(hf_model, list(range(prompt_len)))
+        result["hf_bf16_matmul_slowdown"] = torch_bf16_slowdown()
+        hf_modes, result["hf_skipped_modes"] = cpu_modes(result["hf_bf16_matmul_slowdown"])
     for batch in batches:
         prompts = rng.integers(0, spec.vocab_size, (batch, prompt_len)).tolist()
-        runs = {}
-        runs["ours"], first_call = _our_runner(generator, prompts, new_tokens)
+        runs, first_calls = {}, {}
+        for precision, gen in generators.items():
+            name = "ours" if precision == compute else ("ours", precision)
+            runs[name], first_calls[precision] = _our_runner(gen, prompts, new_tokens)
         if hf_model is not None:
-            runs.update({("hf", t): run for t, run in _hf_runners(hf_model, prompts, new_tokens).items()})
+            runs.update({("hf", *key): run for key, run in _hf_runners(hf_model, prompts, new_tokens, hf_modes).items()})
         best = interleaved(runs, repeats, skip=_hopeless)
         rate = lambda name: batch * (new_tokens - 1) / best[name][0]
         decode_s, total_s, ours = best["ours"]
@@ -284,23 +327,39 @@ def run_generate_bench(
         result[f"tokens_b{batch}"] = sum(len(row) for row in ours)  # new tokens ours really produced
         result[f"tokens_per_s_b{batch}"] = rate("ours")
         result[f"e2e_tokens_per_s_b{batch}"] = batch * new_tokens / total_s
-        result[f"first_call_s_b{batch}"] = first_call
+        result[f"first_call_s_b{batch}"] = first_calls[compute]
+        if other is not None:
+            result[f"ours_by_precision_b{batch}"] = {
+                precision: {"tokens_per_s": rate("ours" if precision == compute else ("ours", precision)),
+                            "first_call_s": first_calls[precision]}
+                for precision in generators
+            }
         if hf_model is not None:
-            by_threads = {name[1]: rate(name) for name in best if name != "ours"}
-            threads = max(by_threads, key=by_threads.get)
-            result[f"hf_threads_b{batch}"] = threads
-            result[f"hf_decode_s_b{batch}"] = best[("hf", threads)][0]
-            result[f"hf_tokens_b{batch}"] = sum(len(row) for row in best[("hf", threads)][2])
-            result[f"hf_tokens_per_s_by_threads_b{batch}"] = {str(t): v for t, v in by_threads.items()}
-            result[f"hf_tokens_per_s_b{batch}"] = by_threads[threads]
-            result[f"hf_e2e_tokens_per_s_b{batch}"] = batch * new_tokens / best[("hf", threads)][1]
-            result[f"speedup_vs_hf_b{batch}"] = result[f"tokens_per_s_b{batch}"] / result[f"hf_tokens_per_s_b{batch}"]
-            result[f"greedy_agreement_with_hf_b{batch}"] = _agreement(ours, best[("hf", threads)][2])
+            hf = hf_figures({k: v for k, v in best.items() if k[0] == "hf"}, batch, new_tokens)
+            fast = hf["by_mode"][hf["mode"]]
+            result[f"hf_mode_b{batch}"] = hf["mode"]
+            result[f"hf_threads_b{batch}"] = fast["threads"]
+            result[f"hf_decode_s_b{batch}"] = fast["decode_s"]
+            result[f"hf_tokens_b{batch}"] = sum(len(row) for row in fast["tokens"])
+            result[f"hf_tokens_per_s_by_threads_b{batch}"] = fast["tokens_per_s_by_threads"]
+            result[f"hf_tokens_per_s_b{batch}"] = fast["tokens_per_s"]
+            result[f"hf_e2e_tokens_per_s_b{batch}"] = batch * new_tokens / fast["total_s"]
+            result[f"speedup_vs_hf_b{batch}"] = result[f"tokens_per_s_b{batch}"] / fast["tokens_per_s"]
+            result[f"hf_by_mode_b{batch}"] = {
+                mode: {"tokens_per_s": f["tokens_per_s"], "threads": f["threads"],
+                       "tokens_per_s_by_threads": f["tokens_per_s_by_threads"],
+                       "speedup": result[f"tokens_per_s_b{batch}"] / f["tokens_per_s"],
+                       "greedy_agreement": _agreement(ours, f["tokens"])}
+                for mode, f in hf["by_mode"].items()
+            }
+            # Against HF's f32 decode: the same weights give the same greedy tokens in f32.
+            result[f"greedy_agreement_with_hf_b{batch}"] = _agreement(ours, hf["by_mode"]["float32"]["tokens"])
         log.info("batch %d: %.1f decode tokens/s", batch, result[f"tokens_per_s_b{batch}"])
     top = max(batches)
     result["batch"] = top
     result["tokens_per_s"] = result[f"tokens_per_s_b{top}"]
     if hf_model is not None:
+        result["hf_mode"] = result[f"hf_mode_b{top}"]
         result["hf_tokens_per_s"] = result[f"hf_tokens_per_s_b{top}"]
         result["speedup_vs_hf"] = result[f"speedup_vs_hf_b{top}"]
     if 1 in batches:

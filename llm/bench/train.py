@@ -7,11 +7,13 @@ reader and the tests can check that both sides measured the same work."""
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import resource
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -41,14 +43,21 @@ def peak_memory_bytes() -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS (CPU)"
 
 
-def timed_steps(config: ml_collections.ConfigDict, steps: int, warmup: int = 2):
-    """(setup, state, batch, metrics, seconds for `steps` steps after `warmup` compiled ones) on
-    one synthetic batch, so only the train step is timed."""
+def prepared(config: ml_collections.ConfigDict, warmup: int):
+    """(setup, state, batch, metrics) after `warmup` compiled steps on one synthetic batch, so
+    only the train step is timed after it."""
     setup, state = build_setup(config)
     batch = setup.shard_batch(synthetic_batch(setup.spec.vocab_size, config.data.batch_size, config.data.seq_len))
     for _ in range(warmup):
         state, metrics = setup.train_step(state, batch, {})
     jax.block_until_ready(metrics["loss"])
+    return setup, state, batch, metrics
+
+
+def timed_steps(config: ml_collections.ConfigDict, steps: int, warmup: int = 2):
+    """(setup, state, batch, metrics, seconds for `steps` steps after `warmup` compiled ones) on
+    one synthetic batch, so only the train step is timed."""
+    setup, state, batch, metrics = prepared(config, warmup)
     start = time.perf_counter()
     for _ in range(steps):
         state, metrics = setup.train_step(state, batch, {})
@@ -58,51 +67,119 @@ def timed_steps(config: ml_collections.ConfigDict, steps: int, warmup: int = 2):
 
 def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int = 2) -> dict:
     """Our side: the figures, and the shape, parameter count and tokens it really ran."""
-    setup, state, batch, metrics, elapsed = timed_steps(config, steps, warmup)
-    spec = setup.spec
-    batch_size, seq_len = batch["inputs"].shape
-    memory, memory_source = peak_memory_bytes()
+    return bench_configs([config], steps, warmup)[0]
+
+
+def bench_configs(configs: list[ml_collections.ConfigDict], steps: int, warmup: int = 2) -> list[dict]:
+    """bench_train of each config (our precisions), their timed steps alternating one by one so
+    that load from other processes hits each alike. Peak memory is the first one's, taken before
+    the next is built."""
+    runs, memories = [], []
+    for i, config in enumerate(configs):
+        runs.append(list(prepared(config, warmup)))
+        memories.append(peak_memory_bytes() if i == 0 else (None, f"not measured (after {configs[0].precision.compute}'s run)"))
+    elapsed = [0.0] * len(runs)
+    for _ in range(steps):
+        for i, run in enumerate(runs):
+            setup, state, batch, _ = run
+            start = time.perf_counter()
+            run[1], run[3] = setup.train_step(state, batch, {})
+            jax.block_until_ready(run[3]["loss"])
+            elapsed[i] += time.perf_counter() - start
     peak, peak_source = device_peak_flops()
-    tokens = steps * batch["inputs"].size
-    fpt = flops_per_token(spec, seq_len)
-    tokens_per_s = tokens / elapsed
-    return {
-        "batch_shape": [batch_size, seq_len],
-        "params": params_as_hf_counts(spec, state.params),
-        "tokens": tokens,
-        "tokens_per_s": tokens_per_s,
-        "step_time": elapsed / steps,
-        "mfu": tokens_per_s * fpt / (peak * jax.device_count()) if peak else None,
-        "model_flops_per_token": fpt,
-        "peak_flops": peak,
-        "peak_source": peak_source,
-        "peak_memory_bytes": memory,
-        "peak_memory_source": memory_source,
-        "loss": float(metrics["loss"]),
-    }
+    out = []
+    for (setup, state, batch, metrics), seconds, (memory, memory_source) in zip(runs, elapsed, memories):
+        spec = setup.spec
+        batch_size, seq_len = batch["inputs"].shape
+        tokens = steps * batch["inputs"].size
+        fpt = flops_per_token(spec, seq_len)
+        tokens_per_s = tokens / seconds
+        out.append({
+            "batch_shape": [batch_size, seq_len],
+            "params": params_as_hf_counts(spec, state.params),
+            "tokens": tokens,
+            "tokens_per_s": tokens_per_s,
+            "step_time": seconds / steps,
+            "mfu": tokens_per_s * fpt / (peak * jax.device_count()) if peak else None,
+            "model_flops_per_token": fpt,
+            "peak_flops": peak,
+            "peak_source": peak_source,
+            "peak_memory_bytes": memory,
+            "peak_memory_source": memory_source,
+            "loss": float(metrics["loss"]),
+            "compute_dtype": jnp.dtype(spec.compute_dtype).name,
+        })
+    return out
+
+
+def precisions_to_measure(config: ml_collections.ConfigDict, vs_hf: bool) -> tuple[str, ...]:
+    """Our compute precisions to time: the config's own, and under `auto` with --vs-hf the other
+    one too (one more compile and run; the plain bench stays one measurement)."""
+    if config.precision.compute != "auto" or not vs_hf:
+        return (config.precision.compute,)
+    return ("auto", *(p for p in ("float32", "bfloat16") if p != _auto_name()))
+
+
+def _auto_name(platform: str | None = None) -> str:
+    from llm.model.spec import resolve_compute_dtype
+
+    return jnp.dtype(resolve_compute_dtype("auto", platform)).name
+
+
+def _print_ours(label: str, r: dict) -> None:
+    print(f"{label:<5} {r['tokens_per_s']:.0f} tokens/s, {r['step_time'] * 1e3:.1f} ms/step, "
+          f"MFU {100 * (r['mfu'] or 0):.1f}% ({r['peak_source']}), "
+          + (f"peak memory {r['peak_memory_bytes'] / 2**20:.0f} MiB, " if r["peak_memory_bytes"] is not None else "")
+          + f"compute {r['compute_dtype']}")
 
 
 def run_train_bench(config: ml_collections.ConfigDict, steps: int, vs_hf: bool) -> dict:
-    """Measure and print our train step (and the HF peer's); returns the figures."""
+    """Measure and print our train step (and the HF peer's); returns the figures.
+
+    The top-level figures are the config's precision (under `auto`, what it resolves to here);
+    with `auto` and vs_hf, by_precision holds float32 and bfloat16 both. speedup_vs_hf is ours
+    over the peer's faster mode (speedup_vs_hf_by_mode: over each)."""
     result = {
         "config": {"family": config.model.family, "d_model": config.model.d_model, "n_layers": config.model.n_layers,
                    "batch_size": config.data.batch_size, "seq_len": config.data.seq_len, "vocab_size": config.model.vocab_size},
         "machine": f"{platform.machine()} {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}",
     }
-    result.update(bench_train(config, steps))
-    print(f"llm:  {result['tokens_per_s']:.0f} tokens/s, {result['step_time'] * 1e3:.1f} ms/step, "
-          f"MFU {100 * (result['mfu'] or 0):.1f}% ({result['peak_source']}), peak memory {result['peak_memory_bytes'] / 2**20:.0f} MiB")
+    configs = []
+    for precision in precisions_to_measure(config, vs_hf):
+        configs.append(copy.deepcopy(config))
+        configs[-1].precision.compute = precision
+    by_precision = {figures["compute_dtype"]: figures for figures in bench_configs(configs, steps)}
+    for i, figures in enumerate(by_precision.values()):
+        if i == 0:  # the config's own precision
+            result.update(figures)
+            _print_ours("llm:", figures)
+        else:
+            _print_ours(f"llm {figures['compute_dtype']}:", figures)
+    result["compute_config"] = config.precision.compute
+    if len(by_precision) > 1:
+        result["by_precision"] = {name: {k: f[k] for k in ("tokens_per_s", "step_time", "mfu", "loss")} for name, f in by_precision.items()}
+    if config.precision.compute == "auto" and jax.default_backend() == "cpu":
+        from llm.cpu.precision import cpu_compute_choice
+
+        result["auto_compute"] = f"{result['compute_dtype']}: {cpu_compute_choice().reason}"
+        print(f"auto compute on this CPU: {result['auto_compute']}")
     if vs_hf:
-        from llm.bench.hf_peer import bench_hf_train, check_same_model
+        from llm.bench.hf_peer import MODE_LABELS, bench_hf_train, check_same_model
 
         hf = bench_hf_train(config, config.data.batch_size, config.data.seq_len, steps)
         check_same_model(result["params"], hf["hf_params"], "this config")
         result.update(hf)
         result["speedup_vs_hf"] = result["tokens_per_s"] / hf["hf_tokens_per_s"]
-        print(f"hf:   {hf['hf_tokens_per_s']:.0f} tokens/s, {hf['hf_step_time'] * 1e3:.1f} ms/step "
-              f"(transformers {hf['hf_transformers']} {hf['hf_model']}, {hf['hf_attention']} attention, "
-              f"torch {hf['hf_torch']}, {hf['hf_dtype']}, {hf['hf_threads']} threads)")
-        print(f"speedup vs hf: {result['speedup_vs_hf']:.2f}x")
+        result["speedup_vs_hf_by_mode"] = {m: result["tokens_per_s"] / f["tokens_per_s"] for m, f in hf["hf_by_mode"].items()}
+        for mode in sorted(hf["hf_by_mode"], key=lambda m: m != hf["hf_mode"]):
+            f = hf["hf_by_mode"][mode]
+            label = "hf:" if mode == hf["hf_mode"] else f"hf {mode}:"
+            print(f"{label:<5} {f['tokens_per_s']:.0f} tokens/s, {f['step_time'] * 1e3:.1f} ms/step "
+                  f"(transformers {hf['hf_transformers']} {hf['hf_model']}, {hf['hf_attention']} attention, "
+                  f"torch {hf['hf_torch']}, {MODE_LABELS[mode]}, {f['threads']} threads)")
+        others = ", ".join(f"{v:.2f}x vs hf {m}" for m, v in result["speedup_vs_hf_by_mode"].items() if m != hf["hf_mode"])
+        print(f"speedup vs hf: {result['speedup_vs_hf']:.2f}x (ours {result['compute_dtype']} vs hf {hf['hf_dtype']}, "
+              f"its faster mode{'; ' + others if others else ''})")
     return result
 
 
