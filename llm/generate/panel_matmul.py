@@ -9,7 +9,8 @@ C++ kernel (panel_matmul.cc, an XLA FFI custom call on both cores) that streams 
 ~165-190 us for the same dot, 1.2x-2x faster than XLA's dot from 1 to 64 rows and level with
 its GEMM at prefill sizes.
 
-The kernel is compiled on first use with the machine's C++ compiler against the installed
+Models that compute in bf16 use the bf16 variant on CPUs with AMX or AVX-512 BF16
+(llm.generate.panel_bf16, same library). The kernel is compiled on first use with the machine's C++ compiler against the installed
 jaxlib's FFI headers and cached on disk (like PyTorch's CPU inductor). Off CPU nothing is
 packed; without a working compiler nothing is either, a warning says so, and decoding uses XLA's
 dots (same results, slower).
@@ -65,6 +66,11 @@ def available() -> bool:
     _LIBRARIES.append(library)  # the handler must outlive every compiled program that calls it
     return True
 
+
+def library() -> ctypes.CDLL:
+    """The loaded kernel library (after `available()` returned True): the bf16 handler
+    (llm.generate.panel_bf16) lives in it too."""
+    return _LIBRARIES[0]
 
 
 def panel_matmul(rows: jax.Array, panels: jax.Array) -> jax.Array:
