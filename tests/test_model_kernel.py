@@ -91,8 +91,11 @@ def _imported_packages(path: Path) -> set[str]:
 
 def test_the_model_imports_only_parallel_and_leaf_modules():
     """DESIGN.md's dependency direction: generate -> model and peft -> model, never back.
-    llm.model may use llm.parallel and top-level helper modules (llm/errors.py, ...)."""
+    llm.model may use llm.parallel, llm.cpu (CPU kernels: a leaf that imports nothing of llm but
+    itself) and top-level helper modules (llm/errors.py, ...)."""
     helpers = {p.stem for p in LLM.glob("*.py")}
     for source in sorted((LLM / "model").glob("*.py")):
-        outside = _imported_packages(source) - {"model", "parallel"} - helpers
+        outside = _imported_packages(source) - {"model", "parallel", "cpu"} - helpers
         assert not outside, f"{source.name} imports llm.{sorted(outside)}"
+    for source in sorted((LLM / "cpu").glob("*.py")):
+        assert _imported_packages(source) <= {"cpu"}, f"llm/cpu/{source.name} imports beyond llm.cpu"

@@ -9,7 +9,7 @@ from flax import nnx
 from llm.model.attention import attention_mask, window_mask
 from llm.model.block import Block
 from llm.model.kernel import Kernel
-from llm.model.layers import make_norm, param, softcap
+from llm.model.layers import Dense, make_norm, param, softcap
 from llm.model.rope import inverse_frequencies, rope_tables
 from llm.model.spec import ModelSpec
 from llm.parallel.rules import AxisRules
@@ -51,6 +51,10 @@ class Decoder(nnx.Module):
             if spec.tie_embeddings
             else param(rngs, nnx.initializers.normal(spec.init_std), (spec.d_model, spec.padded_vocab), ("embed", "vocab"), dt)
         )
+        if spec.cpu_matmul:  # every linear layer takes the CPU bf16 route (llm.cpu.matmul)
+            for _, module in nnx.iter_modules(self):
+                if isinstance(module, Dense):
+                    module.matmul_route = spec.cpu_matmul
 
     def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
         """Token (and, for GPT-2, learned position) embeddings (batch, length, d_model) in the

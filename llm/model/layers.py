@@ -31,6 +31,7 @@ class Dense(nnx.Module):
     are those slots' defaults: no adapter.
     """
 
+    matmul_route = ""  # ModelSpec.cpu_matmul, set by the Decoder on CPU bf16 models (llm.cpu.matmul)
     lora_a = None
     lora_b = None
     lora_scale = 0.0
@@ -56,7 +57,7 @@ class Dense(nnx.Module):
         self.bias = param(rngs, nnx.initializers.zeros, out_shape, out_axes, dtype) if use_bias else None
 
     def __call__(self, x: jax.Array, compute_dtype) -> jax.Array:
-        y = matmul(self.kernel.get_value(), x, self.n_in, compute_dtype)
+        y = matmul(self.kernel.get_value(), x, self.n_in, compute_dtype, self.matmul_route)
         if self.lora_a is not None:
             y = y + self._low_rank(x, compute_dtype)
         if self.bias is not None:

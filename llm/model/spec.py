@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from llm.cpu.matmul import cpu_matmul_route
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -50,6 +52,9 @@ class ModelSpec:
     query_pre_attn_scalar: float = 0.0
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
+    # CPU bf16 linear layers (llm.cpu.matmul): "" = plain dots, "xla" = f32-accumulating XLA
+    # dots, "gemm" = and the FFI kernel for weight gradients (one CPU device with a bf16 engine).
+    cpu_matmul: str = ""
 
     @property
     def is_gpt2(self) -> bool:
@@ -94,7 +99,11 @@ def padded_vocab_size(vocab_size: int, multiple: int, shards: int = 1) -> int:
     return -(-vocab_size // step) * step
 
 
-def model_spec(config: ml_collections.ConfigDict, vocab_shards: int = 1, platform: str | None = None) -> ModelSpec:
+def model_spec(
+    config: ml_collections.ConfigDict, vocab_shards: int = 1, platform: str | None = None, devices: int = 0
+) -> ModelSpec:
+    """The model's static description; `platform` (default: jax's) and `devices` (the mesh's
+    device count, 0 = unknown) decide the compute dtype and the CPU matmul route."""
     m = config.model
     scaling = ()
     r = m.rope_scaling
@@ -123,7 +132,7 @@ def model_spec(config: ml_collections.ConfigDict, vocab_shards: int = 1, platfor
         remat=m.remat,
         attention_impl=m.attention_impl,
         param_dtype=_DTYPES[config.precision.params],
-        compute_dtype=resolve_compute_dtype(config.precision.compute, platform),
+        compute_dtype=(compute := resolve_compute_dtype(config.precision.compute, platform)),
         loss_chunk=int(m.loss_chunk),
         attention_block=int(m.attention_block),
         layer_windows=layer_windows(m),
@@ -136,6 +145,7 @@ def model_spec(config: ml_collections.ConfigDict, vocab_shards: int = 1, platfor
         query_pre_attn_scalar=float(m.query_pre_attn_scalar),
         attn_softcap=float(m.attn_softcap),
         final_softcap=float(m.final_softcap),
+        cpu_matmul=cpu_matmul_route(platform, compute, devices, bool(m.cpu_gemm)),
     )
 
 

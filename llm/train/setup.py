@@ -100,7 +100,7 @@ def _mesh_rules_spec(config: ml_collections.ConfigDict, devices: list | None) ->
     rules = AxisRules.from_config(config.mesh.rules, mesh)
     check_batch(config, mesh, rules)
     check_process_rows(rules.sharding(("batch", "length")), (config.data.batch_size, config.data.seq_len))
-    spec = model_spec(config, vocab_shards=rules.shards("vocab"), platform=mesh.devices.flat[0].platform)
+    spec = model_spec(config, vocab_shards=rules.shards("vocab"), platform=mesh.devices.flat[0].platform, devices=mesh.size)
     if spec.padded_vocab != spec.vocab_size:
         log.info(
             "vocab padded from %d to %d (multiple of %d x %d vocab shards)",

@@ -1,0 +1,59 @@
+"""The CPU's bf16 linear-layer matmul: bf16 operands, f32 accumulation, in the phrasings that
+run on the matrix engine.
+
+Why: XLA:CPU (jax 0.10, YNNPACK) runs a bf16 dot on AMX only when its result is f32 and its
+contraction is x @ W or dy @ W^T; a bf16-result dot is upcast to f32 and a weight gradient
+x^T @ dy (contracting the rows of both operands) is not sent to AMX. A custom VJP states all
+three products in those terms: y = x @ W and dx = dy @ W^T as f32-result XLA dots, and
+dW = x^T @ dy on llm.cpu.gemm's FFI kernel where the model runs on one CPU device with a bf16
+engine (`gemm_weight_grad`), else as an XLA dot. dW comes back in f32, not rounded to bf16 on
+its way to the f32 parameter.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from llm.cpu import gemm
+
+_F32 = jnp.float32
+
+
+def _dot(a: jax.Array, b: jax.Array, contract_a: int, contract_b: int) -> jax.Array:
+    return jax.lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())), preferred_element_type=_F32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def bf16_matmul(rows: jax.Array, w: jax.Array, gemm_weight_grad: bool = False) -> jax.Array:
+    """rows (M, K) bf16 @ w (K, N) -> (M, N) bf16, with w rounded to bf16 and f32
+    accumulation; w's gradient keeps w's dtype (see the module docstring)."""
+    return _dot(rows, w.astype(jnp.bfloat16), 1, 0).astype(jnp.bfloat16)
+
+
+def _forward(rows, w, gemm_weight_grad):
+    return bf16_matmul(rows, w, gemm_weight_grad), (rows, w)
+
+
+def _backward(gemm_weight_grad, residuals, dy):
+    rows, w = residuals
+    dy = dy.astype(jnp.bfloat16)
+    dx = _dot(dy, w.astype(jnp.bfloat16), 1, 1).astype(rows.dtype)
+    dw = gemm.gemm(rows, dy, trans_a=True) if gemm_weight_grad else _dot(rows, dy, 0, 0)
+    return dx, dw.astype(w.dtype)
+
+
+bf16_matmul.defvjp(_forward, _backward)
+
+
+def cpu_matmul_route(platform: str | None, compute_dtype, devices: int, allow_kernel: bool) -> str:
+    """ModelSpec.cpu_matmul: "" off CPU or in f32; "gemm" on one CPU device whose bf16 engine
+    runs the FFI kernel (unless `allow_kernel` is off: config model.cpu_gemm); else "xla".
+    Multi-device CPU meshes keep XLA's dots: the custom call is not partitioned."""
+    if (platform or jax.default_backend()) != "cpu" or jnp.dtype(compute_dtype) != jnp.bfloat16:
+        return ""
+    if allow_kernel and devices == 1 and gemm.engine() is not None:
+        return "gemm"
+    return "xla"
