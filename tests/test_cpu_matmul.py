@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from helpers import assert_trees_close_at_scale, random_batch, tiny_config
 from llm.cpu import features, gemm, matmul
