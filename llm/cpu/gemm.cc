@@ -35,6 +35,7 @@ constexpr int64_t kTile = 16;   // rows (and f32 columns) of an AMX tile
 constexpr int64_t kDepth = 32;  // bf16 along K in one tile row
 constexpr int64_t kBlock = 32;  // C block edge: 2 x 2 tiles
 constexpr int64_t kRowsPerChunk = 256;
+constexpr int64_t kSlice = 512;  // K per pass over a strip (B slice: 32 KiB of L1)
 
 enum Engine : int32_t { kAvx512Bf16 = 0, kAmx = 1 };
 
@@ -151,51 +152,64 @@ inline void StoreClipped(const Problem& p, const float* tile, int64_t i0, int64_
   for (int64_t r = 0; r < rows; ++r) std::memcpy(p.c + (i0 + r) * p.N + j0, tile + r * kTile, cols * sizeof(float));
 }
 
-// C block rows [i0, i0 + 32), columns [j0, j0 + 32) on AMX tiles.
-AMX_TARGET void BlockAmx(const Problem& p, int64_t i0, int64_t j0) {
+// C rows [first, last) x columns [j0, j0 + 32) on AMX tiles, in 32 x 32 blocks. K is walked in
+// slices of kSlice so the strip's two B panels for a slice (kSlice * 64 bytes) stay in L1 while
+// every block of the row group reads them; partial sums wait in C (or, at C's ragged edges, in
+// a block-sized scratch per block) between slices.
+AMX_TARGET void StripAmx(const Problem& p, int64_t first, int64_t last, int64_t j0) {
   const int64_t pairs = p.Kp / 2;
-  const uint16_t* a0 = p.pa + i0 * p.Kp;
-  const uint16_t* a1 = a0 + kTile * p.Kp;
   const int64_t t0 = j0 / kTile;
-  const bool two = (t0 + 1) * kTile < p.Np;
   const uint32_t* b0 = reinterpret_cast<const uint32_t*>(p.pb) + t0 * pairs * kTile;
-  const uint32_t* b1 = two ? b0 + pairs * kTile : b0;
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  for (int64_t k = 0; k < p.Kp; k += kDepth) {
-    _tile_loadd(4, a0 + k, p.Kp * 2);
-    _tile_loadd(5, a1 + k, p.Kp * 2);
-    _tile_loadd(6, b0 + (k / 2) * kTile, kTile * 4);
-    _tile_loadd(7, b1 + (k / 2) * kTile, kTile * 4);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
+  const uint32_t* b1 = b0 + pairs * kTile;  // Np is a multiple of 32: the second panel exists
+  const bool full_cols = j0 + kBlock <= p.N;
+  constexpr int64_t kMaxBlocks = kRowsPerChunk / kBlock;
+  alignas(64) float edge[kMaxBlocks][4][kTile * kTile];  // partial sums of blocks at C's edges
+  for (int64_t k0 = 0; k0 < p.Kp; k0 += kSlice) {
+    const int64_t k1 = std::min(p.Kp, k0 + kSlice);
+    const bool first_slice = k0 == 0, last_slice = k1 == p.Kp;
+    for (int64_t i0 = first, blk = 0; i0 < last; i0 += kBlock, ++blk) {
+      const bool full = full_cols && i0 + kBlock <= p.M;
+      float* c00 = full ? p.c + i0 * p.N + j0 : edge[blk][0];
+      float* c01 = full ? c00 + kTile : edge[blk][1];
+      float* c10 = full ? c00 + kTile * p.N : edge[blk][2];
+      float* c11 = full ? c10 + kTile : edge[blk][3];
+      const int64_t stride = full ? p.N * 4 : kTile * 4;
+      if (first_slice) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+      } else {
+        _tile_loadd(0, c00, stride);
+        _tile_loadd(1, c01, stride);
+        _tile_loadd(2, c10, stride);
+        _tile_loadd(3, c11, stride);
+      }
+      const uint16_t* a0 = p.pa + i0 * p.Kp;
+      const uint16_t* a1 = a0 + kTile * p.Kp;
+      for (int64_t k = k0; k < k1; k += kDepth) {
+        _tile_loadd(4, a0 + k, p.Kp * 2);
+        _tile_loadd(5, a1 + k, p.Kp * 2);
+        _tile_loadd(6, b0 + (k / 2) * kTile, kTile * 4);
+        _tile_loadd(7, b1 + (k / 2) * kTile, kTile * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      _tile_stored(0, c00, stride);
+      _tile_stored(1, c01, stride);
+      _tile_stored(2, c10, stride);
+      _tile_stored(3, c11, stride);
+      if (!full && last_slice) {
+        const int64_t rows[4] = {i0, i0, i0 + kTile, i0 + kTile};
+        const int64_t cols[4] = {j0, j0 + kTile, j0, j0 + kTile};
+        for (int t = 0; t < 4; ++t) {
+          if (rows[t] < p.M && cols[t] < p.N) StoreClipped(p, edge[blk][t], rows[t], cols[t]);
+        }
+      }
+    }
   }
-  const bool full = i0 + kBlock <= p.M && j0 + kBlock <= p.N;
-  if (full) {
-    const int64_t stride = p.N * 4;
-    _tile_stored(0, p.c + i0 * p.N + j0, stride);
-    _tile_stored(1, p.c + i0 * p.N + j0 + kTile, stride);
-    _tile_stored(2, p.c + (i0 + kTile) * p.N + j0, stride);
-    _tile_stored(3, p.c + (i0 + kTile) * p.N + j0 + kTile, stride);
-    return;
-  }
-  alignas(64) float tile[kTile * kTile];
-  const int64_t rows[4] = {i0, i0, i0 + kTile, i0 + kTile};
-  const int64_t cols[4] = {j0, j0 + kTile, j0, j0 + kTile};
-#define STORE_EDGE(T)                                                       \
-  if (rows[T] < p.M && cols[T] < p.N) {                                     \
-    _tile_stored(T, tile, kTile * 4);                                       \
-    StoreClipped(p, tile, rows[T], cols[T]);                                \
-  }
-  STORE_EDGE(0)
-  STORE_EDGE(1)
-  STORE_EDGE(2)
-  STORE_EDGE(3)
-#undef STORE_EDGE
 }
 
 AMX_TARGET void ConfigureAmx() {
@@ -274,9 +288,8 @@ struct Work {
     const int64_t strip = chunk / c_row_groups, group = chunk % c_row_groups;
     const int64_t j0 = strip * kBlock;
     const int64_t first = group * kRowsPerChunk, last = std::min(p.Mp, first + kRowsPerChunk);
-    for (int64_t i0 = first; i0 < last; i0 += kBlock) {
-      engine == kAmx ? BlockAmx(p, i0, j0) : BlockAvx512(p, i0, j0);
-    }
+    if (engine == kAmx) return StripAmx(p, first, last, j0);
+    for (int64_t i0 = first; i0 < last; i0 += kBlock) BlockAvx512(p, i0, j0);
   }
 
   void Drain() {
