@@ -37,6 +37,12 @@ def test_bench_measures_both_sides_on_the_same_work():
         assert r[f"greedy_agreement_with_hf_b{batch}"] == 1.0
     assert r["batch"] == 4 and r["tokens_per_s"] == r["tokens_per_s_b4"]
     assert r["roofline_fraction_b1"] > 0
+    # HF in both modes (bf16 left out only where torch's bf16 matmul is hopeless), the faster one
+    # compared against; ours (auto, f32 in the suite) in both precisions.
+    modes = r["hf_by_mode_b4"]
+    assert "float32" in modes and set(modes) | set(r["hf_skipped_modes"]) == {"float32", "bfloat16"}
+    assert r["hf_tokens_per_s_b4"] == max(m["tokens_per_s"] for m in modes.values()) == modes[r["hf_mode_b4"]]["tokens_per_s"]
+    assert r["compute_dtype"] == "float32" and set(r["ours_by_precision_b4"]) == {"float32", "bfloat16"}
 
 
 def family_config(family: str):
@@ -111,3 +117,11 @@ def test_ours_runs_the_other_precision_only_under_auto_with_the_peer():
     assert other_precision(config, False, "float32") is None
     config.precision.compute = "float32"
     assert other_precision(config, True, "float32") is None
+
+
+def test_thread_counts_far_behind_at_warmup_are_not_timed_but_each_modes_best_is():
+    from llm.bench.generate import behind_at_warmup
+
+    warm = {("float32", 2): 7.0, ("float32", 1): 47.0, ("bfloat16", 2): 1.5, ("bfloat16", 1): 4.0}
+    # bf16 is 12x slower than f32 here, but its best count stays: both modes are reported.
+    assert behind_at_warmup(warm) == {("float32", 2)}

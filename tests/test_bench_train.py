@@ -24,6 +24,12 @@ def test_train_bench_measures_ours_and_the_peer_on_the_same_work():
         assert 0 < r[key] < 60 and math.isfinite(r[key]), (key, r[key])
     assert 0 < r["mfu"] < 1
     assert r["peak_memory_bytes"] > 4 * r["params"] and math.isfinite(r["loss"])
+    # HF in both modes (bf16 left out only where torch's bf16 matmul is hopeless), the faster one
+    # compared against; ours (auto, f32 in the suite) in both precisions.
+    modes = r["hf_by_mode"]
+    assert "float32" in modes and set(modes) | set(r["hf_skipped_modes"]) == {"float32", "bfloat16"}
+    assert r["hf_tokens_per_s"] == max(m["tokens_per_s"] for m in modes.values()) == modes[r["hf_mode"]]["tokens_per_s"]
+    assert r["compute_dtype"] == "float32" and set(r["by_precision"]) == {"float32", "bfloat16"}
 
 
 FAMILY_CONFIGS = ("small_qwen3", "small_gemma3", "small_gemma2")

@@ -10,9 +10,10 @@ every candidate torch thread count; the fastest of all is the one compared again
 modes are reported. Under `precision.compute=auto` with the peer, ours runs in f32 and bf16 too
 (the top-level figures are what `auto` resolves to). Both sides decode greedily with no stop
 token, from the same random prompts, and take the best of a few repeats, alternating between all
-runners so that load from other processes on a shared machine hits every side alike. The greedy
-tokens of ours (the config's precision) and of HF in f32 are compared, which also proves the
-weights really are the same (bf16 roundings may flip a near-tie). The batch-1 figure is set
+runners so that load from other processes on a shared machine hits every side alike (an HF
+thread count far behind at its warm-up is not timed further). The greedy tokens of ours in f32
+(the config's precision, or under `auto` its f32 run) and of HF in f32 are compared, which also
+proves the weights really are the same (bf16 roundings flip near-ties). The batch-1 figure is set
 against the memory roofline: every decode step reads all the weights once, so at batch 1 the
 best possible rate is measured bandwidth / weight bytes.
 """
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from llm.bench.hf_peer import check_same_model, cpu_modes, params_as_hf_counts, thread_candidates, torch_bf16_slowdown
+from llm.bench.hf_peer import HOPELESS, check_same_model, cpu_modes, params_as_hf_counts, thread_candidates, torch_bf16_slowdown
 from llm.config.loading import load_config
 from llm.generate.generator import Generator
 from llm.model.build import init_params
@@ -69,6 +70,9 @@ def timed(run: Callable[[list[float]], Any]) -> tuple[float, float, Any]:
     out = run(stamps)
     total = time.perf_counter() - start
     return stamps[-1] - stamps[0], total, out
+
+
+WARMUP_TOKENS = 9
 
 
 def interleaved(
@@ -166,12 +170,13 @@ class _Stamps:
         pass
 
 
-def _hf_runners(model, prompts: list[list[int]], new_tokens: int, modes: dict[str, bool]) -> dict[tuple[str, int], Callable]:
-    """{(mode, torch threads): run(stamps)}: HF `generate` in each of `modes` (hf_peer.cpu_modes:
-    f32, bf16 autocast) at each candidate thread count, every one of them timed in the interleaved repeats
-    and the fastest reported. (A short probe that picks the count once is not enough on a shared
-    machine: two threads can win the probe and then run ten times slower than one when another
-    process starts.)"""
+def _hf_runners(model, prompts: list[list[int]], new_tokens: int, modes: dict[str, bool]) -> tuple[dict, dict]:
+    """({(mode, torch threads): run(stamps)}, {(mode, threads): warm-up decode tokens/s}): HF
+    `generate` in each of `modes` (hf_peer.cpu_modes: f32, bf16 autocast) at each candidate thread
+    count, each warmed up with a short timed decode. Every one not far behind at the warm-up
+    (behind_at_warmup) is timed in the interleaved repeats and the fastest reported. (A short
+    probe that picks the count once is not enough on a shared machine: two threads can win the
+    probe and then run ten times slower than one when another process starts.)"""
     import torch
 
     ids = torch.tensor(prompts, dtype=torch.long)  # equal lengths: no padding needed
@@ -197,14 +202,29 @@ def _hf_runners(model, prompts: list[list[int]], new_tokens: int, modes: dict[st
 
     runs = {(mode, threads): runner(autocast, threads)
             for mode, autocast in modes.items() for threads in sorted(thread_candidates(), reverse=True)}
-    for run in runs.values():
-        run([], min(new_tokens, 9))  # warm-up in this mode at this thread count
-    return runs
+    warm, n = {}, min(new_tokens, WARMUP_TOKENS)
+    for key, run in runs.items():  # warm-up in this mode at this thread count, then a short timed decode
+        run([], 2)
+        stamps: list[float] = []
+        run(stamps, n)
+        warm[key] = len(prompts) * (n - 1) / max(stamps[-1] - stamps[0], 1e-9)
+    return runs, warm
 
 
-def hf_figures(best: dict, batch: int, new_tokens: int) -> dict:
+def behind_at_warmup(warm: dict[tuple[str, int], float]) -> set[tuple[str, int]]:
+    """The (mode, threads) whose warm-up rate is under 1/HOPELESS of the best of their mode: not
+    timed further (on an oversubscribed machine spin-waiting OpenMP workers can make a full
+    decode take minutes). A mode's best count always stays (its greedy tokens are compared)."""
+    best = {}
+    for (mode, _), rate in warm.items():
+        best[mode] = max(best.get(mode, 0.0), rate)
+    return {key for key, rate in warm.items() if rate * HOPELESS < best[key[0]]}
+
+
+def hf_figures(best: dict, batch: int, new_tokens: int, warm: dict | None = None) -> dict:
     """The peer's figures for one batch from the interleaved bests {("hf", mode, threads): (decode
-    s, total s, tokens)}: each mode's best thread count and rate, and the fastest mode."""
+    s, total s, tokens)}: each mode's best thread count and rate, and the fastest mode (and each
+    count's warm-up rate from `warm` {(mode, threads): tokens/s}, timed or not)."""
     rate = lambda name: batch * (new_tokens - 1) / best[name][0]
     by_mode: dict[str, dict] = {}
     for mode in sorted({name[1] for name in best}):
@@ -214,6 +234,8 @@ def hf_figures(best: dict, batch: int, new_tokens: int) -> dict:
                          "tokens_per_s_by_threads": {str(t): v for t, v in by_threads.items()},
                          "decode_s": best[("hf", mode, threads)][0], "total_s": best[("hf", mode, threads)][1],
                          "tokens": best[("hf", mode, threads)][2]}
+        if warm:
+            by_mode[mode]["warmup_tokens_per_s_by_threads"] = {str(t): v for (m, t), v in warm.items() if m == mode}
     fastest = max(by_mode, key=lambda m: by_mode[m]["tokens_per_s"])
     return {"mode": fastest, "by_mode": by_mode}
 
@@ -318,9 +340,14 @@ def run_generate_bench(
         for precision, gen in generators.items():
             name = "ours" if precision == compute else ("ours", precision)
             runs[name], first_calls[precision] = _our_runner(gen, prompts, new_tokens)
+        warm: dict = {}
+        behind: set = set()
         if hf_model is not None:
-            runs.update({("hf", *key): run for key, run in _hf_runners(hf_model, prompts, new_tokens, hf_modes).items()})
-        best = interleaved(runs, repeats, skip=_hopeless)
+            hf_runs, warm = _hf_runners(hf_model, prompts, new_tokens, hf_modes)
+            behind = behind_at_warmup(warm)
+            runs.update({("hf", *key): run for key, run in hf_runs.items()})
+        skip = lambda name, best: name[0] == "hf" and (tuple(name[1:]) in behind or _hopeless(name, best))
+        best = interleaved(runs, repeats, skip=skip)
         rate = lambda name: batch * (new_tokens - 1) / best[name][0]
         decode_s, total_s, ours = best["ours"]
         result[f"decode_s_b{batch}"] = decode_s
@@ -335,7 +362,7 @@ def run_generate_bench(
                 for precision in generators
             }
         if hf_model is not None:
-            hf = hf_figures({k: v for k, v in best.items() if k[0] == "hf"}, batch, new_tokens)
+            hf = hf_figures({k: v for k, v in best.items() if k[0] == "hf"}, batch, new_tokens, warm)
             fast = hf["by_mode"][hf["mode"]]
             result[f"hf_mode_b{batch}"] = hf["mode"]
             result[f"hf_threads_b{batch}"] = fast["threads"]
@@ -352,8 +379,10 @@ def run_generate_bench(
                        "greedy_agreement": _agreement(ours, f["tokens"])}
                 for mode, f in hf["by_mode"].items()
             }
-            # Against HF's f32 decode: the same weights give the same greedy tokens in f32.
-            result[f"greedy_agreement_with_hf_b{batch}"] = _agreement(ours, hf["by_mode"]["float32"]["tokens"])
+            # Ours in f32 (the config's precision, or its f32 run under `auto`) against HF's f32
+            # decode: the same weights give the same greedy tokens in f32.
+            ours_f32 = ours if compute == "float32" or "float32" not in generators else best[("ours", "float32")][2]
+            result[f"greedy_agreement_with_hf_b{batch}"] = _agreement(ours_f32, hf["by_mode"]["float32"]["tokens"])
         log.info("batch %d: %.1f decode tokens/s", batch, result[f"tokens_per_s_b{batch}"])
     top = max(batches)
     result["batch"] = top

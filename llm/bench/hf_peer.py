@@ -63,7 +63,7 @@ PROBE_REPEATS = 2
 HOPELESS = 3.0
 
 
-def torch_bf16_slowdown(shape: tuple[int, int, int] = (2048, 512, 1536), repeats: int = 3) -> float:
+def torch_bf16_slowdown(shape: tuple[int, int, int] = (1024, 512, 1536), repeats: int = 2) -> float:
     """PyTorch's bf16 matmul time over its f32 time on this CPU (all threads; best of `repeats`,
     alternating): < 1 where a bf16 matrix engine makes bf16 faster."""
     import torch
