@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm.generate.kv_cache import Blocks, block_arrays, block_starts, cache_attention, first_visible_block, write_block
+from llm.generate.decode_attention import decode_attention
+from llm.generate.kv_cache import Blocks, block_arrays, block_starts, first_visible_block, write_block
 
 
 def attention_cached(
@@ -34,7 +35,8 @@ def attention_cached(
     `reach` (static); their keys and values are written there and the queries attend over
     blocks first..reach under `mask` (B, 1, T, slots of blocks 0..reach), which the caller
     builds from slot validity, causality and the layer's window; `first` (static) skips the
-    blocks wholly outside the window. Later blocks are neither read nor written. `rope`
+    blocks wholly outside the window. Later blocks are neither read nor written. A one-token
+    step on CPU attends with one kernel call (llm.generate.decode_attention). `rope`
     holds the (cos, sin) tables of x's positions, None without RoPE. Returns (out, k_cache,
     v_cache).
     """
@@ -44,7 +46,9 @@ def attention_cached(
     spec = attn.spec
     read = lambda blocks: tuple(c.astype(spec.compute_dtype) for c in blocks[first : reach + 1])  # noqa: E731
     mask = mask[..., block_starts(k_cache)[first] :]
-    out = cache_attention(q, read(k_cache), read(v_cache), mask, spec.attention_scale, spec.attn_softcap)
+    mesh = attn.rules.mesh
+    out = decode_attention(q, read(k_cache), read(v_cache), mask, spec.attention_scale, spec.attn_softcap,
+                           single_device=mesh is None or mesh.size == 1)
     return attn.project(out), k_cache, v_cache
 
 
