@@ -20,6 +20,7 @@ from llm.parallel.rules import AxisRules
 from llm.train.loss import lm_loss_fn
 
 HAS_ENGINE = gemm.engine() is not None
+HAS_AMX = gemm.engine() == features.AMX
 
 
 def test_route_follows_platform_dtype_devices_and_engine(monkeypatch):
@@ -27,9 +28,12 @@ def test_route_follows_platform_dtype_devices_and_engine(monkeypatch):
     assert matmul.cpu_matmul_route("cpu", jnp.float32, 1, True) == ""
     assert matmul.cpu_matmul_route("cpu", jnp.bfloat16, 8, True) == "xla"
     assert matmul.cpu_matmul_route("cpu", jnp.bfloat16, 1, False) == "xla"
-    assert matmul.cpu_matmul_route("cpu", jnp.bfloat16, 1, True) == ("gemm" if HAS_ENGINE else "xla")
-    monkeypatch.setattr(gemm, "engine", lambda: None)  # a CPU without AMX / AVX-512 BF16
-    assert matmul.cpu_matmul_route("cpu", jnp.bfloat16, 1, True) == "xla"
+    assert matmul.cpu_matmul_route("cpu", jnp.bfloat16, 1, True) == ("gemm" if HAS_AMX else "xla")
+    for engine in (None, features.AVX512_BF16):  # CPUs without AMX keep XLA's dots
+        monkeypatch.setattr(gemm, "engine", lambda: engine)
+        assert matmul.cpu_matmul_route("cpu", jnp.bfloat16, 1, True) == "xla"
+    monkeypatch.setattr(gemm, "engine", lambda: features.AMX)
+    assert matmul.cpu_matmul_route("cpu", jnp.bfloat16, 1, True) == "gemm"
 
 
 def test_engine_from_cpu_flags():
@@ -52,7 +56,7 @@ def test_model_gradients_with_the_kernel_equal_the_xla_route():
     results = {}
     for cpu_gemm in (True, False):
         graphdef, params, spec = build(cpu_gemm)
-        assert spec.cpu_matmul == ("gemm" if cpu_gemm and HAS_ENGINE else "xla")
+        assert spec.cpu_matmul == ("gemm" if cpu_gemm and HAS_AMX else "xla")
         grad_fn = jax.jit(jax.value_and_grad(lm_loss_fn(graphdef), has_aux=True))
         hlo = grad_fn.lower(params, {}, batch, None).compile().as_text()
         assert (gemm.TARGET in hlo) == (spec.cpu_matmul == "gemm")
@@ -105,5 +109,4 @@ def test_training_on_the_kernel_memorises_like_the_xla_route(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     losses = json.loads(run.stdout.split("RESULT", 1)[1])
     assert losses["true"] < 0.1 and losses["false"] < 0.1, losses
-    expected = f"bf16 GEMM kernel: {gemm.engine()}" if HAS_ENGINE else "bf16 GEMM kernel"
-    assert expected in run.stderr
+    assert (f"bf16 GEMM kernel: {gemm.engine()}" if HAS_ENGINE else "bf16 GEMM kernel") in run.stderr

@@ -76,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.loss_chunk = 0  # positions per logits + cross-entropy chunk (0 = whole sequence at once)
     m.attention_impl = "xla"  # xla | cudnn | blocked (causal query blocks; fastest on CPU)
     m.attention_block = 64  # query positions per block for attention_impl="blocked"
-    # bf16 on one CPU device with AMX / AVX-512 BF16: weight gradients on llm.cpu.gemm's kernel
+    # bf16 on one CPU device with AMX: weight gradients on llm.cpu.gemm's kernel (llm.cpu.matmul)
     m.cpu_gemm = True
 
     c.precision = ml_collections.ConfigDict()
