@@ -70,3 +70,20 @@ def test_bf16_model_decodes_the_same_tokens_as_with_xla_attention(monkeypatch):
     assert [c.tokens for c in ours] == [c.tokens for c in theirs]
     for a, b in zip(ours, theirs):  # bf16 activations either way; the kernel keeps probs in f32
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=0.05)
+
+
+def test_bf16_cache_write_updates_in_place_with_the_same_bits():
+    """update_slice on a bf16 cache writes the bits dynamic_update_slice writes, and the compiled
+    program no longer widens the whole buffer to f32 around the update (XLA:CPU does so for a
+    bf16 dynamic-update-slice)."""
+    from llm.generate.kv_cache import update_slice
+
+    rng = np.random.default_rng(0)
+    cache = jnp.asarray(rng.standard_normal((2, 3, 16, 8)), jnp.bfloat16)
+    new = jnp.asarray(rng.standard_normal((2, 3, 1, 8)), jnp.float32)
+    index = jnp.int32(5)
+    got = jax.jit(lambda c, n, i: update_slice(c, n, (0, 0, i, 0)))(cache, new, index)
+    want = jax.lax.dynamic_update_slice(cache, new.astype(jnp.bfloat16), (0, 0, 5, 0))
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint16), np.asarray(want).view(np.uint16))
+    hlo = jax.jit(lambda c, n, i: update_slice(c, n, (0, 0, i, 0))).lower(cache, new, index).compile().as_text()
+    assert "f32[2,3,16,8]" not in hlo

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm.generate.decode_attention import decode_attention
-from llm.generate.kv_cache import Blocks, block_arrays, block_starts, first_visible_block, write_block
+from llm.generate.kv_cache import Blocks, block_arrays, block_starts, first_visible_block, update_slice, write_block
 
 
 def attention_cached(
@@ -131,7 +131,7 @@ def hidden_states_cached(
             def write_back(stack: jax.Array, layer_block: jax.Array) -> jax.Array:
                 # Only the new slots go back into the stack, not the whole layer.
                 new = jax.lax.dynamic_slice_in_dim(layer_block, offset, t, axis=2)[None]
-                return jax.lax.dynamic_update_slice(stack, new, (layer, 0, 0, offset, 0))
+                return update_slice(stack, new, (layer, 0, 0, offset, 0))
 
             k_all = (*k_all[:reach], write_back(k_all[reach], k_l[reach]), *k_all[reach + 1 :])
             v_all = (*v_all[:reach], write_back(v_all[reach], v_l[reach]), *v_all[reach + 1 :])

@@ -77,12 +77,24 @@ def block_starts(blocks: Sequence[jax.Array]) -> list[int]:
     return starts
 
 
+def update_slice(buffer: jax.Array, update: jax.Array, indices: Sequence) -> jax.Array:
+    """jax.lax.dynamic_update_slice that stays in place for a bf16 buffer on CPU: XLA:CPU
+    widens a bf16 dynamic-update-slice to f32 (convert the whole buffer, update, convert back),
+    which rewrote a whole cache block every decode step; on the 16-bit integer view it updates
+    only the new slots. Same bits either way."""
+    if buffer.dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
+        bits = jax.lax.bitcast_convert_type(buffer, jnp.uint16)
+        new = jax.lax.bitcast_convert_type(update.astype(jnp.bfloat16), jnp.uint16)
+        return jax.lax.bitcast_convert_type(jax.lax.dynamic_update_slice(bits, new, indices), jnp.bfloat16)
+    return jax.lax.dynamic_update_slice(buffer, update, indices)
+
+
 def write_block(blocks: Blocks, new: jax.Array, index: jax.Array, reach: int) -> Blocks:
     """Write new (B, KV, t, hd) at slots index..index+t-1 of the blocked cache; the caller
     guarantees they lie inside block `reach` (static), so only that block is touched."""
     offset = index - block_starts(blocks)[reach]
     out = list(blocks)
-    out[reach] = jax.lax.dynamic_update_slice(blocks[reach], new, (0, 0, offset, 0))
+    out[reach] = update_slice(blocks[reach], new, (0, 0, offset, 0))
     return tuple(out)
 
 
