@@ -18,6 +18,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -113,7 +117,37 @@ ATTN_TARGET void Task(const Problem& p, int64_t t, float* scratch) {
   for (int j = 0; j < p.n_blocks; ++j) {
     const Block& blk = p.blocks[j];
     const int64_t base = t * blk.slots * hd;  // (b, kv) slab of this block
-    for (int64_t s = 0; s < blk.slots; ++s) {
+    int64_t s = 0;
+#if defined(__x86_64__)
+    // 8 slots at a time: one accumulator per slot (8 independent FMA chains), then a tree of
+    // horizontal adds gives the 8 scores in one vector.
+    for (; s + 8 <= blk.slots; s += 8) {
+      for (int g = 0; g < G; ++g) {
+        v8 acc[8];
+        for (int i = 0; i < 8; ++i) acc[i] = v8{};
+        for (int64_t d = 0; d < hd; d += 8) {
+          v8 qv;
+          std::memcpy(&qv, q + g * hd + d, sizeof(qv));
+          for (int i = 0; i < 8; ++i) acc[i] += qv * Load8<kBf16>(blk.k, base + (s + i) * hd + d);
+        }
+        const __m256 h01 = _mm256_hadd_ps((__m256)acc[0], (__m256)acc[1]);
+        const __m256 h23 = _mm256_hadd_ps((__m256)acc[2], (__m256)acc[3]);
+        const __m256 h45 = _mm256_hadd_ps((__m256)acc[4], (__m256)acc[5]);
+        const __m256 h67 = _mm256_hadd_ps((__m256)acc[6], (__m256)acc[7]);
+        const __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
+        const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
+                                          _mm256_permute2f128_ps(h0123, h4567, 0x31));
+        float x[8];
+        _mm256_storeu_ps(x, sums);
+        for (int i = 0; i < 8; ++i) {
+          float y = x[i] * p.scale;
+          if (p.softcap > 0) y = std::tanh(y / p.softcap) * p.softcap;
+          scratch[g * S + s0 + s + i] = mask[s0 + s + i] ? y : -1e30f;
+        }
+      }
+    }
+#endif
+    for (; s < blk.slots; ++s) {
       v8 acc[G][2];
       for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = v8{};
       const int64_t row = base + s * hd;
@@ -158,25 +192,30 @@ ATTN_TARGET void Task(const Problem& p, int64_t t, float* scratch) {
     for (s = 0; s < S; ++s) row[s] *= inv;
   }
   float* out = p.out + t * G * hd;
-  std::memset(out, 0, sizeof(float) * G * hd);
-  s0 = 0;
-  for (int j = 0; j < p.n_blocks; ++j) {
-    const Block& blk = p.blocks[j];
-    const int64_t base = t * blk.slots * hd;
-    for (int64_t s = 0; s < blk.slots; ++s) {
-      if (!mask[s0 + s] && any_visible) continue;  // weight exactly 0
-      const int64_t row = base + s * hd;
-      for (int64_t d = 0; d < hd; d += 8) {
-        const v8 v = Load8<kBf16>(blk.v, row + d);
-        for (int g = 0; g < G; ++g) {
-          v8 o;
-          std::memcpy(&o, out + g * hd + d, sizeof(o));
-          o += scratch[g * S + s0 + s] * v;
-          std::memcpy(out + g * hd + d, &o, sizeof(o));
+  for (int g = 0; g < G; ++g) {
+    const float* w = scratch + g * S;
+    for (int64_t dc = 0; dc < hd; dc += 64) {  // up to 64 columns in 8 register accumulators
+      const int chunks = static_cast<int>(std::min<int64_t>(8, (hd - dc) / 8));
+      v8 o[8];
+      for (int i = 0; i < 8; ++i) o[i] = v8{};
+      int64_t s0v = 0;
+      for (int j = 0; j < p.n_blocks; ++j) {
+        const Block& blk = p.blocks[j];
+        const int64_t base = t * blk.slots * hd + dc;
+        for (int64_t s = 0; s < blk.slots; ++s) {
+          if (!mask[s0v + s] && any_visible) continue;  // weight exactly 0
+          const float ws = w[s0v + s];
+          const int64_t row = base + s * hd;
+          if (chunks == 8) {
+            for (int i = 0; i < 8; ++i) o[i] += ws * Load8<kBf16>(blk.v, row + 8 * i);
+          } else {
+            for (int i = 0; i < chunks; ++i) o[i] += ws * Load8<kBf16>(blk.v, row + 8 * i);
+          }
         }
+        s0v += blk.slots;
       }
+      for (int i = 0; i < chunks; ++i) std::memcpy(out + g * hd + dc + 8 * i, &o[i], sizeof(v8));
     }
-    s0 += blk.slots;
   }
 }
 

@@ -6,10 +6,11 @@ values) plus the softmax, mask and concatenation around them, and with a bf16 ca
 converts each block to f32 for its dots. The kernel (decode_attention.cc, an XLA FFI custom
 call on the intra-op pool) reads each (batch row, kv head) slab of keys once for all its query
 heads, then its values once, with f32 scores, softmax and sums, widening bf16 as it reads.
-Measured on the 2-core dev VM (cores shared with other jobs, so +-20%): one layer of `small`'s
-attention at batch 16 over 192 bf16 slots took ~480 us on the kernel vs ~720 us through XLA,
-and the whole bf16 batch-16 decode ran 1281 vs 974 tok/s with it; over an f32 cache XLA was
-level or ahead (both are bound by reading the cache), so f32 models keep XLA's attention.
+Measured on the 2-core dev VM (cores shared with other jobs, so +-20% or worse): one layer of
+`small`'s attention at batch 16 over 192 bf16 slots took ~380 us on the kernel vs ~560 us
+through XLA, and the whole bf16 batch-16 decode ran 1.3x-1.9x faster with it in interleaved
+A/B runs; over an f32 cache the two were level (~500 us: both are bound by reading the
+cache), so f32 models keep XLA's attention.
 
 Used for one-token steps over a bf16 cache (precision.compute=bfloat16) on CPU when the kernel
 builds (compiled on first use like the panel kernel) and the mesh is one device; prefill, f32
@@ -69,8 +70,8 @@ def applies(q: jax.Array, k_blocks: Blocks, single_device: bool) -> bool:
     """Whether this attention call runs on the kernel: a bf16 cache, one query position,
     head_dim a multiple of 8, at most MAX_GROUP query heads per kv head and MAX_BLOCKS blocks,
     one device. An f32 cache stays on XLA's dots: the kernel handles it too, but XLA's f32
-    attention reads the cache as fast (both are bound by reading it) and was level or ahead in
-    our decode measurements, while a bf16 cache costs XLA a conversion of every block to f32."""
+    attention was as fast in our measurements (both are bound by reading the cache), while a
+    bf16 cache costs XLA a conversion of every block to f32."""
     b, t, h, hd = q.shape
     kv = k_blocks[0].shape[1]
     return (
@@ -82,7 +83,9 @@ def applies(q: jax.Array, k_blocks: Blocks, single_device: bool) -> bool:
 def kernel_attention(q: jax.Array, k_blocks: Blocks, v_blocks: Blocks, mask: jax.Array, scale: float | None = None,
                      softcap_at: float = 0.0) -> jax.Array:
     """The kernel call for one query position (T = 1): f32 or bf16 cache, cache_attention's
-    shapes; the caller checks `applies` (or, in tests, `available`)."""
+    shapes; the caller checks `applies` (tests call it directly for both cache dtypes)."""
+    if not available():
+        raise RuntimeError("the CPU decode attention kernel is not available here (see decode_attention.available)")
     b, _, h, hd = q.shape
     kv = k_blocks[0].shape[1]
     qg = q.reshape(b, kv, h // kv, hd).astype(jnp.float32)
