@@ -41,8 +41,12 @@ def _chunk_terms(h, w, y, m, z_loss: float, vocab_size: int, constrain, softcap_
     if softcap_at:
         g = g * slope
     total = nll + (z_loss * (jnp.square(lse) * m).sum() if z_loss else 0.0)
-    dh = jnp.einsum("btv,dv->btd", g.astype(cd), w.astype(cd)).astype(h.dtype)
-    dw = jnp.einsum("btd,btv->dv", h, g.astype(cd), preferred_element_type=jnp.float32)
+    # Both gradient products take compute-dtype operands and accumulate in f32: on CPU a bf16 dot
+    # with a bf16 result is upcast to an f32 dot, while bf16 operands with an f32 result run on
+    # the bf16 matrix engine (and f32 compute is unchanged: the same f32 dots).
+    gc = g.astype(cd)
+    dh = jnp.einsum("btv,dv->btd", gc, w.astype(cd), preferred_element_type=jnp.float32).astype(h.dtype)
+    dw = jnp.einsum("btd,btv->dv", h, gc, preferred_element_type=jnp.float32)
     return total, nll, dh, dw
 
 
