@@ -37,7 +37,17 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: tuple = ()) -> np.
 def rope_tables(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
     """(cos, sin), each (batch, length, 1, head_dim / 2) f32, for positions (batch, length)."""
     angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # (B, T, hd/2)
-    return jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+
+    def tables(angles: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+
+    if jax.default_backend() != "cpu":
+        return tables(angles)
+    # Both branches are the same function, so the predicate never changes a value. The
+    # conditional makes the tables a stored buffer: XLA:CPU otherwise fuses their cos / sin into
+    # every layer's rotation, forward and backward, evaluating them per element of q and k (an
+    # optimization_barrier does not stop it: XLA:CPU removes barriers before fusion).
+    return jax.lax.cond(jnp.any(positions < 0), tables, tables, angles)
 
 
 def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
