@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm.model.layers import Dense, RMSNorm, softcap
+from llm.model.layers import Dense, RMSNorm
 from llm.model.rope import rotate
 from llm.model.spec import ModelSpec
 from llm.parallel.rules import AxisRules
@@ -48,8 +50,9 @@ def blocked_causal_attention(
     back (true when columns are positions within each packed document), so each block also
     skips the keys before its window. Scores (times `scale`, default head_dim ** -0.5, then
     soft-capped at `softcap_at`, 0 = off) and softmax are f32; the softmax is normalised after the value
-    matmul (on (T, hd) rather than (T, S)), with the row max held constant, which changes no
-    value or gradient.
+    matmul (on (T, hd) rather than (T, S)). The gradient is written out (_blocked_core): every
+    matmul takes compute-dtype operands with f32 accumulation and each block's query gradient
+    is its own slice, where autodiff made bf16 products and summed zero-padded copies.
     """
     b, t, h, hd = q.shape
     kvh = k.shape[2]
@@ -58,27 +61,95 @@ def blocked_causal_attention(
     qt = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4)  # (B, KV, G, T, hd)
     kt = k.transpose(0, 2, 1, 3)  # (B, KV, S, hd)
     vt = v.transpose(0, 2, 1, 3)
-    outs = []
+    out = _blocked_core(block, float(softcap_at), window, qt, kt, vt, mask)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+
+
+def _spans(t: int, block: int, window: int):
+    """(start, end, first) per query block: its queries [start, end) read keys [first, end)."""
     for start in range(0, t, block):
         end = min(start + block, t)
-        first = max(0, start - window + 1) if window else 0
-        scores = jnp.einsum(
-            "bkgqd,bksd->bkgqs", qt[:, :, :, start:end], kt[:, :, first:end], preferred_element_type=jnp.float32
-        )
-        scores = softcap(scores, softcap_at)
-        if mask is None:
-            rows, cols = jnp.arange(start, end)[:, None], jnp.arange(first, end)[None, :]
-            visible = (rows >= cols) & ((rows - cols < window) if window else True)
-        else:
-            visible = mask[:, :, None, start:end, first:end]  # (B, 1, 1, q, s)
-        scores = jnp.where(visible, scores, -1e30)
-        peak = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+        yield start, end, (max(0, start - window + 1) if window else 0)
+
+
+def _block_scores(qt, kt, mask, span, softcap_at: float, window: int):
+    """One query block's masked f32 scores (B, KV, G, q, s) and the soft-cap's slope (None
+    without soft-capping): d(capped)/d(raw)."""
+    start, end, first = span
+    scores = jnp.einsum(
+        "bkgqd,bksd->bkgqs", qt[:, :, :, start:end], kt[:, :, first:end], preferred_element_type=jnp.float32
+    )
+    slope = None
+    if softcap_at:
+        capped = jnp.tanh(scores / softcap_at)
+        scores, slope = capped * softcap_at, 1.0 - jnp.square(capped)
+    if mask is None:
+        rows, cols = jnp.arange(start, end)[:, None], jnp.arange(first, end)[None, :]
+        visible = (rows >= cols) & ((rows - cols < window) if window else True)
+    else:
+        visible = mask[:, :, None, start:end, first:end]  # (B, 1, 1, q, s)
+    return jnp.where(visible, scores, -1e30), slope
+
+
+def _blocked_forward(block, softcap_at, window, qt, kt, vt, mask):
+    """(out in the compute dtype, out f32, log-sum-exp of each query's scores f32 (B, KV, G, T))."""
+    outs, lses = [], []
+    for span in _spans(qt.shape[3], block, window):
+        scores, slope = _block_scores(qt, kt, mask, span, softcap_at, window)
+        peak = jnp.max(scores, axis=-1, keepdims=True)
         weights = jnp.exp(scores - peak)
         total = jnp.sum(weights, axis=-1, keepdims=True)
-        out = jnp.einsum("bkgqs,bksd->bkgqd", weights.astype(v.dtype), vt[:, :, first:end], preferred_element_type=jnp.float32)
+        out = jnp.einsum(
+            "bkgqs,bksd->bkgqd", weights.astype(vt.dtype), vt[:, :, span[2] : span[1]], preferred_element_type=jnp.float32
+        )
         outs.append(out / total)
+        lses.append((peak + jnp.log(total))[..., 0])
     out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd).astype(q.dtype)
+    return out.astype(qt.dtype), out, (lses[0] if len(lses) == 1 else jnp.concatenate(lses, axis=3))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _blocked_core(block, softcap_at, window, qt, kt, vt, mask):
+    """Attention of scaled qt (B, KV, G, T, hd) over kt, vt (B, KV, S, hd) in the compute dtype."""
+    return _blocked_forward(block, softcap_at, window, qt, kt, vt, mask)[0]
+
+
+def _blocked_core_fwd(block, softcap_at, window, qt, kt, vt, mask):
+    out, out32, lse = _blocked_forward(block, softcap_at, window, qt, kt, vt, mask)
+    return out, (qt, kt, vt, mask, out32, lse)
+
+
+def _blocked_core_bwd(block, softcap_at, window, residuals, d_out):
+    """Per query block: the probabilities p from recomputed scores and the saved log-sum-exp
+    (saving p instead ran no faster on the 2-core VM and holds T x S floats per layer), then the
+    softmax gradient p * (dp - rowsum(d_out * out)); the key and value gradients of the blocks
+    (each a prefix or window of the keys) add up in f32."""
+    qt, kt, vt, mask, out32, lse = residuals
+    cd, t, s = qt.dtype, qt.shape[3], kt.shape[2]
+    d_out = d_out.astype(cd)
+    row_dot = jnp.sum(d_out.astype(jnp.float32) * out32, axis=-1)  # (B, KV, G, T)
+    dqs, dks, dvs = [], [], []
+    for span in _spans(t, block, window):
+        start, end, first = span
+        scores, slope = _block_scores(qt, kt, mask, span, softcap_at, window)
+        probs = jnp.exp(scores - lse[..., start:end, None])
+        d_block = d_out[:, :, :, start:end]
+        dp = jnp.einsum("bkgqd,bksd->bkgqs", d_block, vt[:, :, first:end], preferred_element_type=jnp.float32)
+        ds = probs * (dp - row_dot[..., start:end, None])
+        if slope is not None:
+            ds = ds * slope
+        ds = ds.astype(cd)
+        dqs.append(jnp.einsum("bkgqs,bksd->bkgqd", ds, kt[:, :, first:end], preferred_element_type=jnp.float32))
+        pad = ((0, 0), (0, 0), (first, s - end), (0, 0))
+        q_block = qt[:, :, :, start:end]
+        dks.append(jnp.pad(jnp.einsum("bkgqs,bkgqd->bksd", ds, q_block, preferred_element_type=jnp.float32), pad))
+        dvs.append(jnp.pad(jnp.einsum("bkgqs,bkgqd->bksd", probs.astype(cd), d_block, preferred_element_type=jnp.float32), pad))
+    dq = dqs[0] if len(dqs) == 1 else jnp.concatenate(dqs, axis=3)
+    total = lambda xs: sum(xs[1:], xs[0])  # noqa: E731
+    return dq.astype(cd), total(dks).astype(kt.dtype), total(dvs).astype(vt.dtype), None
+
+
+_blocked_core.defvjp(_blocked_core_fwd, _blocked_core_bwd)
 
 
 def attend(
