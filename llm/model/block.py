@@ -3,13 +3,47 @@ GPT-2), with Gemma's post-attention / post-MLP norms when the spec asks for them
 
 from __future__ import annotations
 
+import functools
+
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from llm.model.attention import Attention
 from llm.model.layers import Dense, make_norm
 from llm.model.spec import ModelSpec
 from llm.parallel.rules import AxisRules
+
+
+_ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True)}
+
+
+def _glu32(gate: jax.Array, up: jax.Array, activation: str) -> jax.Array:
+    return _ACTIVATIONS[activation](gate.astype(jnp.float32)) * up.astype(jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def gated_activation(gate: jax.Array, up: jax.Array, activation: str) -> jax.Array:
+    """activation(gate) * up (SwiGLU / GeGLU), computed in f32 and returned in gate's dtype.
+
+    The gradient is written out as the f32 autodiff of the same formula, read from the saved
+    gate and up: in bf16, plain autodiff rounded each intermediate of the activation and its
+    derivative to bf16 and back, which on CPU took about twice the time of one f32 pass."""
+    return _glu32(gate, up, activation).astype(gate.dtype)
+
+
+def _gated_fwd(gate, up, activation):
+    return gated_activation(gate, up, activation), (gate, up)
+
+
+def _gated_bwd(activation, residuals, g):
+    gate, up = residuals
+    _, vjp = jax.vjp(lambda a, b: _glu32(a, b, activation), gate.astype(jnp.float32), up.astype(jnp.float32))
+    d_gate, d_up = vjp(g.astype(jnp.float32))
+    return d_gate.astype(gate.dtype), d_up.astype(up.dtype)
+
+
+gated_activation.defvjp(_gated_fwd, _gated_bwd)
 
 
 class MLP(nnx.Module):
@@ -29,9 +63,8 @@ class MLP(nnx.Module):
     def __call__(self, x: jax.Array, rules: AxisRules) -> jax.Array:
         cd = self.spec.compute_dtype
         if self.gated:
-            gate = self.gate(x, cd)
-            act = jax.nn.gelu(gate, approximate=True) if self.spec.mlp_activation == "gelu_tanh" else jax.nn.silu(gate)
-            h = act * self.up(x, cd)
+            activation = "gelu_tanh" if self.spec.mlp_activation == "gelu_tanh" else "silu"
+            h = gated_activation(self.gate(x, cd), self.up(x, cd), activation)
         else:
             h = jax.nn.gelu(self.up(x, cd), approximate=True)
         h = rules.constrain(h, ("batch", "length", "act_mlp"))
