@@ -125,3 +125,28 @@ def test_thread_counts_far_behind_at_warmup_are_not_timed_but_each_modes_best_is
     warm = {("float32", 2): 7.0, ("float32", 1): 47.0, ("bfloat16", 2): 1.5, ("bfloat16", 1): 4.0}
     # bf16 is 12x slower than f32 here, but its best count stays: both modes are reported.
     assert behind_at_warmup(warm) == {("float32", 2)}
+
+
+def test_an_hf_run_past_its_budget_is_stopped_and_not_run_again():
+    """interleaved with _hf_budget: the first HF run of a mode has no limit, a later one of the
+    same mode may take HOPELESS x its total; a run that passes it raises TooSlow in its streamer."""
+    import time
+
+    from llm.bench.generate import TooSlow, _hf_budget, interleaved
+
+    calls = []
+
+    def runner(name, stuck=False):
+        def run(stamps):
+            calls.append((name, stamps.deadline is not None))
+            if stuck and stamps.deadline is not None:
+                raise TooSlow  # what the streamer does once past the deadline
+            stamps.extend([time.perf_counter(), time.perf_counter()])
+            return [[1]]
+        return run
+
+    runs = {"ours": runner("ours"), ("hf", "float32", 1): runner("f32/1"), ("hf", "float32", 2): runner("f32/2", stuck=True)}
+    stopped: set = set()
+    best = interleaved(runs, repeats=2, budget=_hf_budget, stopped=stopped)
+    assert stopped == {("hf", "float32", 2)} and set(best) == {"ours", ("hf", "float32", 1)}
+    assert calls == [("ours", False), ("f32/1", False), ("f32/2", True), ("ours", False), ("f32/1", True)]

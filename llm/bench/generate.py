@@ -11,7 +11,9 @@ modes are reported. Under `precision.compute=auto` with the peer, ours runs in f
 (the top-level figures are what `auto` resolves to). Both sides decode greedily with no stop
 token, from the same random prompts, and take the best of a few repeats, alternating between all
 runners so that load from other processes on a shared machine hits every side alike (an HF
-thread count far behind at its warm-up is not timed further). The greedy tokens of ours in f32
+thread count far behind at its warm-up, or running past HOPELESS times its mode's best run, is
+stopped and not timed further: spin-waiting OpenMP workers on a busy machine can make one decode
+take minutes). The greedy tokens of ours in f32
 (the config's precision, or under `auto` its f32 run) and of HF in f32 are compared, which also
 proves the weights really are the same (bf16 roundings flip near-ties). The batch-1 figure is set
 against the memory roofline: every decode step reads all the weights once, so at batch 1 the
@@ -59,15 +61,31 @@ def best_time(fn: Callable[[], Any], repeats: int) -> float:
     return min(times)
 
 
-def timed(run: Callable[[list[float]], Any]) -> tuple[float, float, Any]:
-    """(decode seconds, total seconds, output) of one call of run(stamps).
+class TooSlow(Exception):
+    """Raised by a runner's streamer when its run passes its deadline (see interleaved)."""
+
+
+class Stamps(list):
+    """The timestamps a run appends, and the perf_counter time by which it must end (None: no
+    limit); HF's streamer raises TooSlow past it, ours ignore it."""
+
+    deadline: float | None = None
+
+
+def timed(run: Callable[[list[float]], Any], budget_s: float | None = None) -> tuple[float, float, Any] | None:
+    """(decode seconds, total seconds, output) of one call of run(stamps), or None when it ran
+    past `budget_s` seconds and was stopped.
 
     run appends a timestamp when the first new token is on the host and another when the last
     one is: their difference is the decode loop (N - 1 tokens per row), prefill excluded.
     """
-    stamps: list[float] = []
+    stamps = Stamps()
     start = time.perf_counter()
-    out = run(stamps)
+    stamps.deadline = None if budget_s is None else start + budget_s
+    try:
+        out = run(stamps)
+    except TooSlow:
+        return None
     total = time.perf_counter() - start
     return stamps[-1] - stamps[0], total, out
 
@@ -79,21 +97,37 @@ def interleaved(
     runs: dict[Any, Callable[[list[float]], Any]],
     repeats: int,
     skip: Callable[[Any, dict], bool] | None = None,
+    budget: Callable[[Any, dict], float | None] | None = None,
+    stopped: set | None = None,
 ) -> dict[Any, tuple[float, float, Any]]:
     """Best decode and total time of each runner, alternating between them every repeat so a
     change in machine load hits both sides alike. skip(name, best so far) leaves a runner out
-    of a later repeat."""
+    of a repeat; budget(name, best so far) limits a run's seconds: one that runs past it is
+    stopped, added to `stopped` and not run again."""
     best: dict[Any, tuple[float, float, Any]] = {}
+    stopped = set() if stopped is None else stopped
     for _ in range(repeats):
         for name, run in runs.items():
-            if skip is not None and name in best and skip(name, best):
+            if name in stopped or (skip is not None and skip(name, best)):
                 continue
-            decode_s, total_s, out = timed(run)
+            figures = timed(run, budget(name, best) if budget is not None else None)
+            if figures is None:
+                stopped.add(name)
+                continue
+            decode_s, total_s, out = figures
             if name not in best:
                 best[name] = (decode_s, total_s, out)
             else:
                 best[name] = (min(decode_s, best[name][0]), min(total_s, best[name][1]), out)
     return best
+
+
+def _hf_budget(name: Any, best: dict) -> float | None:
+    """An HF run may take HOPELESS times its mode's fastest run so far (no limit before one)."""
+    if name[0] != "hf":
+        return None
+    same = [v[1] for k, v in best.items() if k[:2] == name[:2]]
+    return HOPELESS * min(same) if same else None
 
 
 def _hopeless(name: Any, best: dict) -> bool:
@@ -102,7 +136,7 @@ def _hopeless(name: Any, best: dict) -> bool:
     minutes (and PyTorch's bf16 without a matrix engine is many times slower than its f32), and
     a runner that far behind is not going to be the fastest."""
     hf = [v[0] for k, v in best.items() if k[0] == "hf"]
-    return name[0] == "hf" and best[name][0] > 3 * min(hf)
+    return name[0] == "hf" and name in best and best[name][0] > HOPELESS * min(hf)
 
 
 def measure_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
@@ -160,11 +194,15 @@ class _Stamps:
     def __init__(self, stamps: list[float]):
         self.stamps = stamps
         self.puts = 0
+        self.deadline = getattr(stamps, "deadline", None)
 
     def put(self, value) -> None:
         self.puts += 1
+        now = time.perf_counter()
         if self.puts > 1:
-            self.stamps.append(time.perf_counter())
+            self.stamps.append(now)
+        if self.deadline is not None and now > self.deadline:
+            raise TooSlow
 
     def end(self) -> None:
         pass
@@ -345,9 +383,11 @@ def run_generate_bench(
         if hf_model is not None:
             hf_runs, warm = _hf_runners(hf_model, prompts, new_tokens, hf_modes)
             behind = behind_at_warmup(warm)
-            runs.update({("hf", *key): run for key, run in hf_runs.items()})
+            # Fastest at the warm-up first: it sets the budget of the others in its mode.
+            runs.update({("hf", *key): hf_runs[key] for key in sorted(hf_runs, key=lambda k: -warm[k])})
         skip = lambda name, best: name[0] == "hf" and (tuple(name[1:]) in behind or _hopeless(name, best))
-        best = interleaved(runs, repeats, skip=skip)
+        stopped: set = set()
+        best = interleaved(runs, repeats, skip=skip, budget=_hf_budget, stopped=stopped)
         rate = lambda name: batch * (new_tokens - 1) / best[name][0]
         decode_s, total_s, ours = best["ours"]
         result[f"decode_s_b{batch}"] = decode_s
@@ -363,6 +403,7 @@ def run_generate_bench(
             }
         if hf_model is not None:
             hf = hf_figures({k: v for k, v in best.items() if k[0] == "hf"}, batch, new_tokens, warm)
+            left_out = {mode: sorted(t for (m, t) in behind | {k[1:] for k in stopped} if m == mode) for mode in hf["by_mode"]}
             fast = hf["by_mode"][hf["mode"]]
             result[f"hf_mode_b{batch}"] = hf["mode"]
             result[f"hf_threads_b{batch}"] = fast["threads"]
@@ -375,6 +416,8 @@ def run_generate_bench(
             result[f"hf_by_mode_b{batch}"] = {
                 mode: {"tokens_per_s": f["tokens_per_s"], "threads": f["threads"],
                        "tokens_per_s_by_threads": f["tokens_per_s_by_threads"],
+                       "warmup_tokens_per_s_by_threads": f["warmup_tokens_per_s_by_threads"],
+                       "threads_not_timed": left_out[mode],  # far behind at the warm-up, or stopped past HOPELESS x the best
                        "speedup": result[f"tokens_per_s_b{batch}"] / f["tokens_per_s"],
                        "greedy_agreement": _agreement(ours, f["tokens"])}
                 for mode, f in hf["by_mode"].items()
