@@ -167,3 +167,14 @@ def test_a_thread_count_far_behind_is_not_probed_again():
                          set_threads=machine.set_threads, clock=machine.clock, probe_repeats=3)
     assert machine.calls == [("float32", 1), ("float32", 2), ("float32", 1), ("float32", 1), ("float32", 1)]
     assert figures["float32"]["threads"] == 1
+
+
+def test_our_steps_take_turns_with_the_peers_timed_steps():
+    from llm.bench.hf_peer import time_modes
+
+    machine = FakeMachine({("float32", 1): 2.0, ("float32", 2): 3.0, ("ours", 1): 0.5, ("ours", 2): 0.5})
+    ours: dict = {}
+    time_modes({"float32": machine.step("float32")}, [1, 2], steps=2, warmup=0, set_threads=machine.set_threads,
+               clock=machine.clock, probe_repeats=1, also={"ours": machine.step("ours")}, also_step_time=ours)
+    assert [m for m, _ in machine.calls] == ["float32"] * 2 + ["float32", "ours"] * 2  # probe, then turns
+    assert ours == {"ours": 0.5}

@@ -125,6 +125,8 @@ def time_modes(
     set_threads: Callable[[int], None],
     clock: Callable[[], float] = time.perf_counter,
     probe_repeats: int = PROBE_REPEATS,
+    also: dict[str, Callable[[], Any]] | None = None,
+    also_step_time: dict[str, float] | None = None,
 ) -> dict[str, dict]:
     """Time each mode's training step at its best thread count.
 
@@ -134,7 +136,9 @@ def time_modes(
     each alike (a count already HOPELESS times slower than the mode's best is not repeated), and
     keeps each mode's fastest count; finally `steps` steps of every mode at its
     count, alternating between the modes step by step. Returns {mode: {step_time, threads,
-    probe_step_time_by_threads}}."""
+    probe_step_time_by_threads}}. The steps in `also` (ours: warmed up by the caller) take turns
+    in that last phase too, so the two sides share the machine's load alike; their mean step
+    seconds go to `also_step_time`."""
     for mode, step in steps_by_mode.items():
         set_threads(max(threads))
         for _ in range(warmup):
@@ -150,13 +154,20 @@ def time_modes(
                 step()
                 probe[(mode, t)] = min(probe.get((mode, t), float("inf")), clock() - start)
     chosen = best_threads(probe)
-    total = dict.fromkeys(steps_by_mode, 0.0)
+    also = also or {}
+    total = dict.fromkeys([*steps_by_mode, *also], 0.0)
     for _ in range(steps):
         for mode, step in steps_by_mode.items():
             set_threads(chosen[mode])
             start = clock()
             step()
             total[mode] += clock() - start
+        for name, step in also.items():
+            start = clock()
+            step()
+            total[name] += clock() - start
+    if also_step_time is not None:
+        also_step_time.update({name: total[name] / steps for name in also})
     return {
         mode: {"step_time": total[mode] / steps, "threads": chosen[mode],
                "probe_step_time_by_threads": {str(t): probe[(mode, t)] for t in threads}}
@@ -189,11 +200,15 @@ def _train_step(config: ml_collections.ConfigDict, batch_size: int, seq_len: int
     return model, inputs, step
 
 
-def bench_hf_train(config: ml_collections.ConfigDict, batch_size: int, seq_len: int, steps: int, warmup: int = 2, seed: int = 0) -> dict:
+def bench_hf_train(
+    config: ml_collections.ConfigDict, batch_size: int, seq_len: int, steps: int, warmup: int = 2, seed: int = 0,
+    also: dict[str, Callable[[], Any]] | None = None, also_step_time: dict[str, float] | None = None,
+) -> dict:
     """The peer at its best: on CPU, f32 and bf16 autocast (unless its bf16 matmul is hopeless
     here: cpu_modes), each at its fastest thread count (time_modes), the top-level hf_* figures
     being the faster mode's and hf_by_mode holding each; on a GPU, bf16 autocast. Also the batch
-    shape, parameter count and tokens it ran."""
+    shape, parameter count and tokens it ran. `also`: our steps, timed in turn with the peer's
+    (time_modes)."""
     import torch
     import transformers
 
@@ -204,7 +219,8 @@ def bench_hf_train(config: ml_collections.ConfigDict, batch_size: int, seq_len: 
     peers = {mode: _train_step(config, batch_size, seq_len, seed, device, autocast) for mode, autocast in modes.items()}
     threads = [0] if cuda else thread_candidates()
     set_threads = (lambda t: None) if cuda else torch.set_num_threads
-    by_mode = time_modes({mode: peer[2] for mode, peer in peers.items()}, threads, steps, warmup, set_threads)
+    by_mode = time_modes({mode: peer[2] for mode, peer in peers.items()}, threads, steps, warmup, set_threads,
+                         also=also, also_step_time=also_step_time)
     tokens = steps * batch_size * seq_len
     for figures in by_mode.values():
         figures["tokens_per_s"] = tokens / (figures["step_time"] * steps)

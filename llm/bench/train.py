@@ -11,6 +11,7 @@ import copy
 import platform
 import resource
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -70,22 +71,39 @@ def bench_train(config: ml_collections.ConfigDict, steps: int, warmup: int = 2) 
     return bench_configs([config], steps, warmup)[0]
 
 
-def bench_configs(configs: list[ml_collections.ConfigDict], steps: int, warmup: int = 2) -> list[dict]:
-    """bench_train of each config (our precisions), their timed steps alternating one by one so
-    that load from other processes hits each alike. Peak memory is the first one's, taken before
-    the next is built."""
+def alternate(steps_by_name: dict[str, Callable[[], None]], steps: int) -> dict[str, float]:
+    """{name: mean seconds per step} of `steps` steps of each, taking turns one step at a time so
+    that load from other processes hits each alike."""
+    total = dict.fromkeys(steps_by_name, 0.0)
+    for _ in range(steps):
+        for name, step in steps_by_name.items():
+            start = time.perf_counter()
+            step()
+            total[name] += time.perf_counter() - start
+    return {name: seconds / steps for name, seconds in total.items()}
+
+
+def bench_configs(
+    configs: list[ml_collections.ConfigDict], steps: int, warmup: int = 2,
+    time_steps: Callable[[dict[str, Callable[[], None]]], dict[str, float]] | None = None,
+) -> list[dict]:
+    """bench_train of each config (our precisions), their timed steps taking turns (alternate, or
+    `time_steps`, which also runs the peer's in between). Peak memory is the first one's, taken
+    before anything else is built."""
     runs, memories = [], []
     for i, config in enumerate(configs):
         runs.append(list(prepared(config, warmup)))
         memories.append(peak_memory_bytes() if i == 0 else (None, f"not measured (after {configs[0].precision.compute}'s run)"))
-    elapsed = [0.0] * len(runs)
-    for _ in range(steps):
-        for i, run in enumerate(runs):
-            setup, state, batch, _ = run
-            start = time.perf_counter()
-            run[1], run[3] = setup.train_step(state, batch, {})
+
+    def one_step(run: list) -> Callable[[], None]:
+        def step() -> None:
+            run[1], run[3] = run[0].train_step(run[1], run[2], {})
             jax.block_until_ready(run[3]["loss"])
-            elapsed[i] += time.perf_counter() - start
+        return step
+
+    fns = {f"ours/{i}": one_step(run) for i, run in enumerate(runs)}
+    step_times = time_steps(fns) if time_steps is not None else alternate(fns, steps)
+    elapsed = [step_times[f"ours/{i}"] * steps for i in range(len(runs))]
     peak, peak_source = device_peak_flops()
     out = []
     for (setup, state, batch, metrics), seconds, (memory, memory_source) in zip(runs, elapsed, memories):
@@ -138,7 +156,8 @@ def run_train_bench(config: ml_collections.ConfigDict, steps: int, vs_hf: bool) 
 
     The top-level figures are the config's precision (under `auto`, what it resolves to here);
     with `auto` and vs_hf, by_precision holds float32 and bfloat16 both. speedup_vs_hf is ours
-    over the peer's faster mode (speedup_vs_hf_by_mode: over each)."""
+    over the peer's faster mode (speedup_vs_hf_by_mode: over each). With the peer, our timed
+    steps take turns with its timed steps, so both sides see the same load."""
     result = {
         "config": {"family": config.model.family, "d_model": config.model.d_model, "n_layers": config.model.n_layers,
                    "batch_size": config.data.batch_size, "seq_len": config.data.seq_len, "vocab_size": config.model.vocab_size},
@@ -148,7 +167,18 @@ def run_train_bench(config: ml_collections.ConfigDict, steps: int, vs_hf: bool) 
     for precision in precisions_to_measure(config, vs_hf):
         configs.append(copy.deepcopy(config))
         configs[-1].precision.compute = precision
-    by_precision = {figures["compute_dtype"]: figures for figures in bench_configs(configs, steps)}
+    hf: dict = {}
+
+    def with_peer(ours: dict[str, Callable[[], None]]) -> dict[str, float]:
+        """Our steps take turns with the peer's (hf_peer.time_modes)."""
+        from llm.bench.hf_peer import bench_hf_train
+
+        step_times: dict[str, float] = {}
+        hf.update(bench_hf_train(config, config.data.batch_size, config.data.seq_len, steps, also=ours, also_step_time=step_times))
+        return step_times
+
+    runs = bench_configs(configs, steps, time_steps=with_peer if vs_hf else None)
+    by_precision = {figures["compute_dtype"]: figures for figures in runs}
     for i, figures in enumerate(by_precision.values()):
         if i == 0:  # the config's own precision
             result.update(figures)
@@ -164,9 +194,8 @@ def run_train_bench(config: ml_collections.ConfigDict, steps: int, vs_hf: bool) 
         result["auto_compute"] = f"{result['compute_dtype']}: {cpu_compute_choice().reason}"
         print(f"auto compute on this CPU: {result['auto_compute']}")
     if vs_hf:
-        from llm.bench.hf_peer import MODE_LABELS, bench_hf_train, check_same_model
+        from llm.bench.hf_peer import MODE_LABELS, check_same_model
 
-        hf = bench_hf_train(config, config.data.batch_size, config.data.seq_len, steps)
         check_same_model(result["params"], hf["hf_params"], "this config")
         result.update(hf)
         result["speedup_vs_hf"] = result["tokens_per_s"] / hf["hf_tokens_per_s"]
