@@ -61,7 +61,7 @@ def compile_kernel(
         raise RuntimeError(f"C++ compiler {compiler!r} could not run: {err}") from err
     if run.returncode != 0:
         partial.unlink(missing_ok=True)
-        first = next((line for line in run.stderr.splitlines() if "error" in line), run.stderr.strip()[:200])
+        first = next((line for line in run.stderr.splitlines() if "error" in line.lower()), run.stderr.strip()[:200])
         raise RuntimeError(f"C++ compiler {compiler!r} failed on {source.name}: {first}")
     os.replace(partial, target)  # atomic: a concurrent build of the same key is harmless
     return target
