@@ -81,7 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.precision = ml_collections.ConfigDict()
     c.precision.params = "float32"
-    c.precision.compute = "auto"  # auto = bfloat16 on GPU/TPU, float32 on CPU
+    c.precision.compute = "auto"  # auto = bfloat16 on GPU/TPU; on CPU bf16 where its bf16 matmul is >= 1.25x f32 (llm.cpu.precision)
     c.precision.optimizer_state = "float32"  # float32 | bfloat16: the dtype both Adam moments are stored in
 
     c.data = ml_collections.ConfigDict()
