@@ -1,5 +1,5 @@
-"""Hand-written gradients (gated MLP activation, blocked attention) equal the autodiff of the
-plain formulas in f32; RoPE tables behind their CPU conditional keep their values."""
+"""Hand-written gradients (RoPE rotation, gated MLP activation, blocked attention) equal the
+autodiff of the plain formulas in f32; RoPE tables behind their CPU conditional keep their values."""
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +11,12 @@ from llm.model.block import gated_activation
 from llm.model.rope import inverse_frequencies, rope_tables, rotate
 
 
+def plain_rotate(x, cos, sin):
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
 def plain_attention(q, k, v, mask, scale, softcap_at):
     """Full-square causal attention (B, T, H, hd) over (B, S, KV, hd), differentiated by autodiff."""
     g = q.shape[2] // k.shape[2]
@@ -20,6 +26,24 @@ def plain_attention(q, k, v, mask, scale, softcap_at):
         scores = jnp.tanh(scores / softcap_at) * softcap_at
     scores = jnp.where(mask, scores, -1e30)
     return jnp.einsum("bhqs,bshd->bqhd", jax.nn.softmax(scores, axis=-1), v)
+
+
+def test_rotate_gradient_equals_autodiff_of_the_formula():
+    """Gradients w.r.t. x and w.r.t. (real-valued) positions through the broadcast tables."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (2, 5, 3, 8))
+    cotangent = jax.random.normal(keys[1], x.shape)
+    positions = jnp.arange(5.0)[None] + 0.3 * jax.random.normal(keys[2], (2, 5))
+    inv = jnp.asarray(inverse_frequencies(8, 100.0))
+
+    def loss(fn, x, positions):
+        angles = positions[..., None] * inv
+        return jnp.sum(fn(x, jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]) * cotangent)
+
+    got = jax.grad(lambda *a: loss(rotate, *a), argnums=(0, 1))(x, positions)
+    want = jax.grad(lambda *a: loss(plain_rotate, *a), argnums=(0, 1))(x, positions)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
 def test_rope_tables_are_cos_and_sin_of_the_angles():

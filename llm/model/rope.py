@@ -50,12 +50,48 @@ def rope_tables(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, 
     return jax.lax.cond(jnp.any(positions < 0), tables, tables, angles)
 
 
-def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate x (batch, length, heads, head_dim) by precomputed tables (see rope_tables).
-
-    The decoder computes the tables once per forward and shares them across layers."""
+def _turn(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x rotated by the angles whose (cos, sin) are given, computed in f32, returned in x's dtype."""
     x32 = x.astype(jnp.float32)
     half = x.shape[-1] // 2
     x1, x2 = x32[..., :half], x32[..., half:]
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x.dtype)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+@jax.custom_vjp
+def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate x (batch, length, heads, head_dim) by precomputed tables (see rope_tables).
+
+    The decoder computes the tables once per forward and shares them across layers. The
+    gradient is written out: a rotation's transpose is the rotation by minus the angle, one
+    pass over the cotangent, where autodiff summed two zero-padded halves (the `small` bf16
+    train step ran 1-3% faster, interleaved A/B on the shared 2-core VM)."""
+    return _turn(x, cos, sin)
+
+
+def _rotate_fwd(x, cos, sin):
+    return _turn(x, cos, sin), (x, cos, sin)
+
+
+def _rotate_bwd(residuals, g):
+    x, cos, sin = residuals
+    g32 = g.astype(jnp.float32)
+    half = g.shape[-1] // 2
+    g1, g2 = g32[..., :half], g32[..., half:]
+    dx = jnp.concatenate([g1 * cos + g2 * sin, g2 * cos - g1 * sin], axis=-1).astype(x.dtype)
+    # The tables' cotangents, summed over the axes they were broadcast along (unused in
+    # training, where the tables come from integer positions: XLA then drops these sums).
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., :half], x32[..., half:]
+    dcos, dsin = g1 * x1 + g2 * x2, g2 * x1 - g1 * x2
+    return dx, _sum_to(dcos, cos.shape).astype(cos.dtype), _sum_to(dsin, sin.shape).astype(sin.dtype)
+
+
+def _sum_to(d: jax.Array, shape: tuple) -> jax.Array:
+    """d summed over the axes that broadcasting stretched to reach d's shape from `shape`."""
+    lead = d.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape) if n == 1 and d.shape[i + lead] != 1)
+    return jnp.sum(d, axis=axes).reshape(shape) if axes else d
+
+
+rotate.defvjp(_rotate_fwd, _rotate_bwd)
