@@ -26,26 +26,31 @@ def _dot(a: jax.Array, b: jax.Array, contract_a: int, contract_b: int) -> jax.Ar
     return jax.lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())), preferred_element_type=_F32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def bf16_matmul(rows: jax.Array, w: jax.Array, gemm_weight_grad: bool = False) -> jax.Array:
     """rows (M, K) bf16 @ w (K, N) -> (M, N) bf16, with w rounded to bf16 and f32
     accumulation; w's gradient keeps w's dtype (see the module docstring)."""
+    return _bf16_matmul(rows, w, gemm_weight_grad, jnp.dtype(w.dtype).name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _bf16_matmul(rows: jax.Array, w: jax.Array, gemm_weight_grad: bool, w_dtype: str) -> jax.Array:
     return _dot(rows, w.astype(jnp.bfloat16), 1, 0).astype(jnp.bfloat16)
 
 
-def _forward(rows, w, gemm_weight_grad):
-    return bf16_matmul(rows, w, gemm_weight_grad), (rows, w)
+def _forward(rows, w, gemm_weight_grad, w_dtype):
+    w16 = w.astype(jnp.bfloat16)  # kept for the backward: the weight is cast once a step, not twice
+    return _dot(rows, w16, 1, 0).astype(jnp.bfloat16), (rows, w16)
 
 
-def _backward(gemm_weight_grad, residuals, dy):
-    rows, w = residuals
+def _backward(gemm_weight_grad, w_dtype, residuals, dy):
+    rows, w16 = residuals
     dy = dy.astype(jnp.bfloat16)
-    dx = _dot(dy, w.astype(jnp.bfloat16), 1, 1).astype(rows.dtype)
+    dx = _dot(dy, w16, 1, 1).astype(rows.dtype)
     dw = gemm.gemm(rows, dy, trans_a=True) if gemm_weight_grad else _dot(rows, dy, 0, 0)
-    return dx, dw.astype(w.dtype)
+    return dx, dw.astype(w_dtype)
 
 
-bf16_matmul.defvjp(_forward, _backward)
+_bf16_matmul.defvjp(_forward, _backward)
 
 
 def cpu_matmul_route(platform: str | None, compute_dtype, devices: int, allow_kernel: bool) -> str:
