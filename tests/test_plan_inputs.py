@@ -94,3 +94,15 @@ def test_mfu_curve_and_method_ratio():
     assert lookup(rows, "v5e", "tpu", "qlora").mfu == 0.4 and lookup(rows, "v5e", "tpu", "qlora").status == "assumed"
     with pytest.raises(UserError, match="no row for h100"):
         lookup(rows, "h100", "gpu", "full")
+
+
+def test_cpu_rows_follow_the_host_cpu_engine():
+    rows = [
+        MfuRow("cpu", "full", 0.4, "measured", "d", "c1", cpu_engine="avx512_bf16"),
+        MfuRow("cpu", "full", 0.3, "measured", "d", "c2", cpu_engine="amx"),
+        MfuRow("tpu", "full", 0.4, "assumed", "d", "none"),
+    ]
+    assert lookup(rows, "cpu", "cpu", "full", cpu_engine="amx").mfu == 0.3
+    assert lookup(rows, "cpu", "cpu", "full", cpu_engine="avx512_bf16").mfu == 0.4
+    assert lookup(rows, "cpu", "cpu", "full", cpu_engine="none").mfu == 0.4  # no rows for it: the first listed
+    assert lookup(rows, "v5e", "tpu", "full", cpu_engine="amx").mfu == 0.4

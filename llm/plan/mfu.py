@@ -5,7 +5,10 @@ assumed. `llm plan` divides step FLOPs by chips x peak x this MFU.
 Rows name a chip (v5e, v5p, v6e, h100, h200, a100, cpu) or a kind (tpu, gpu). A row may carry the
 d_model it was measured at: on a CPU, MFU depends on the matmul sizes (tiny at d_model 128 reaches
 about a third of what small at 512 does), so rows of one hardware and method form a curve in
-log d_model, clamped at its ends. A method without its own curve takes the full-training curve
+log d_model, clamped at its ends. CPUs differ in how close a small model gets to their matmul peak
+(tiny: 42% on the AMD EPYC dev VM, 30% on the Sapphire Rapids one), so cpu rows name the bf16
+engine of the CPU they were measured on (llm.cpu.features), and a plan uses the rows of the host's
+engine, else those listed first. A method without its own curve takes the full-training curve
 times its measured ratio to full at the nearest d_model where both were measured (bench finetune
 on one model); with no row at all, the full-training figure.
 """
@@ -32,6 +35,7 @@ class MfuRow:
     command: str
     d_model: int = 0  # 0: any width
     note: str = ""
+    cpu_engine: str = ""  # cpu rows: the bf16 engine of the CPU measured ("amx", "avx512_bf16", "none"); "" = any
 
 
 def read_table(path: str | Path = DEFAULT_PATH) -> list[MfuRow]:
@@ -63,9 +67,19 @@ def _curve(rows: list[MfuRow], d_model: int) -> float:
     return pts[-1][1]
 
 
-def lookup(rows: list[MfuRow], chip: str, kind: str, method: str, d_model: int = 0) -> MfuRow:
+def for_cpu_engine(rows: list[MfuRow], engine: str) -> list[MfuRow]:
+    """The table with only one CPU's cpu rows: those measured on a CPU with `engine`, else
+    those of the engine listed first (rows naming no engine are always kept)."""
+    engines = [r.cpu_engine for r in rows if r.hardware == "cpu" and r.cpu_engine]
+    chosen = engine if engine in engines else (engines[0] if engines else "")
+    return [r for r in rows if r.hardware != "cpu" or r.cpu_engine in ("", chosen)]
+
+
+def lookup(rows: list[MfuRow], chip: str, kind: str, method: str, d_model: int = 0, cpu_engine: str = "none") -> MfuRow:
     """The MFU for `method` on `chip` at `d_model` (see the module docstring), as a row whose
-    status, date and command name every row it came from."""
+    status, date and command name every row it came from; cpu rows are those of `cpu_engine`
+    (for_cpu_engine)."""
+    rows = for_cpu_engine(rows, cpu_engine)
     for hw in (chip, kind):
         full = [r for r in rows if r.hardware == hw and r.method == "full"]
         own = [r for r in rows if r.hardware == hw and r.method == method]

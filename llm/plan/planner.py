@@ -18,6 +18,7 @@ from typing import Callable
 
 import ml_collections
 
+from llm.cpu.features import host_bf16_engine
 from llm.config.loading import apply_overrides
 from llm.config.validate import validate_config
 from llm.errors import UserError
@@ -197,7 +198,7 @@ def plan_row(
                 break
         else:
             note = f"does not fit {hw.name}" + (" nor any larger slice tried" if hw.kind != "cpu" else " (this machine's memory)")
-    mfu = lookup(mfu_rows, planned_on.chip, planned_on.kind, method, cfg.model.d_model)
+    mfu = lookup(mfu_rows, planned_on.chip, planned_on.kind, method, cfg.model.d_model, host_bf16_engine() or "none")
     if planned_on.kind != "cpu":
         peak = planned_on.peak_flops
     elif peak is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from llm.cpu.features import host_bf16_engine
 from llm.config.loading import load_config
 from llm.plan.cpu import cores, cpu_peak_flops, measure_steps
 from llm.plan.hardware import parse_hardware
@@ -68,7 +69,8 @@ def validate(configs: list[str], methods: list[str], steps: int = 4) -> list[Che
 def mfu_rows(results: list[Check], date: str, command: str) -> list[dict]:
     """The MFU table's cpu rows these runs measured (`llm plan --calibrate`)."""
     return [
-        {"hardware": "cpu", "method": r.method, "mfu": round(r.measured_mfu, 3), "d_model": r.d_model, "status": "measured",
+        {"hardware": "cpu", "cpu_engine": host_bf16_engine() or "none", "method": r.method, "mfu": round(r.measured_mfu, 3),
+         "d_model": r.d_model, "status": "measured",
          "date": date, "command": command,
          "note": f"configs/{r.config}.py, {r.measured_step_s:.3f} s a step by CPU time ({r.wall_step_s:.3f} s wall) on {cores()} shared cores"}
         for r in results
