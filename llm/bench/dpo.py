@@ -33,6 +33,7 @@ from typing import Sequence
 
 import ml_collections
 
+from llm.cpu import features
 from llm.errors import UserError
 
 SPECIALS = ["<s>", "</s>", "<pad>"]  # ids 0, 1, 2
@@ -40,23 +41,12 @@ BUILTIN_FILES = ("json", "email", "http", "urllib", "logging")  # stdlib package
 
 
 def cpu_bf16() -> list[str]:
-    """The CPU's bf16 matrix flags (AMX, AVX-512 BF16), from /proc/cpuinfo; [] elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in set(flags) if f in ("amx_bf16", "amx_tile", "avx512_bf16"))
+    """The CPU's bf16 matrix flags (AMX, AVX-512 BF16); [] off Linux x86-64."""
+    return features.bf16_flags()
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return features.cpu_model() or platform.processor() or platform.machine()
 
 
 # ---------------------------------------------------------------------------------------------

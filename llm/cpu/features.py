@@ -46,3 +46,19 @@ def cpu_flags() -> frozenset[str]:
 
 def host_bf16_engine() -> str | None:
     return bf16_engine(cpu_flags())
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def bf16_flags() -> list[str]:
+    """This CPU's bf16 matrix flags (AMX, AVX-512 BF16) for reports; [] elsewhere."""
+    return sorted(cpu_flags() & {"amx_bf16", "amx_tile", "avx512_bf16"})

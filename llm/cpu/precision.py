@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import jaxlib.version
 
 from llm.cpu.build import cache_dir
-from llm.cpu.features import AMX, bf16_engine, cpu_flags
+from llm.cpu.features import AMX, bf16_engine, cpu_flags, cpu_model
 
 ENV = "LLM_CPU_BF16"
 # The shape of a training matmul of the `small` config (tokens x d_model @ d_model x d_ff).
@@ -69,17 +69,6 @@ def time_matmuls(shape: tuple[int, int, int] = SHAPE, repeats: int = 5, clock: C
                 dot(x, y).block_until_ready()
                 best[name] = min(best[name], clock() - start)
     return best["f32"], best["bf16"]
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ("" where it cannot be read)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def machine_key(model: str, flags: frozenset[str]) -> str:
