@@ -75,7 +75,7 @@ def panel_matmul_bf16(rows: jax.Array, panels: jax.Array, on: str | None = None)
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["panels"], meta_fields=["full_shape", "n_in"])
 @dataclasses.dataclass(frozen=True)
-class Bf16PanelKernel(Kernel):
+class Bf16PanelKernel(panel_matmul.PanelShape, Kernel):
     """A Dense kernel of shape `full_shape` viewed as a matrix (prod(in dims) = K, prod(out
     dims)), stored in bf16 as 16-column panels of k pairs, zero-padded to whole panels and to a
     multiple of 32 rows. A Kernel (llm.model.kernel): Dense and the LM head call its `matmul`;
@@ -85,30 +85,6 @@ class Bf16PanelKernel(Kernel):
     panels: jax.Array  # (P, Kp / 2, 2 * WIDTH) bf16
     full_shape: tuple[int, ...]
     n_in: int
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.full_shape
-
-    @property
-    def ndim(self) -> int:
-        return len(self.full_shape)
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.full_shape)
-
-    @property
-    def dtype(self):
-        return self.panels.dtype
-
-    @property
-    def k(self) -> int:
-        return math.prod(self.full_shape[: self.n_in])
-
-    @property
-    def columns(self) -> int:
-        return math.prod(self.full_shape[self.n_in :])
 
     def __getitem__(self, index) -> jax.Array:
         if index is not Ellipsis:

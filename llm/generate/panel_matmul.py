@@ -79,15 +79,11 @@ def panel_matmul(rows: jax.Array, panels: jax.Array) -> jax.Array:
     return jax.ffi.ffi_call(TARGET, out)(rows, panels)
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["panels"], meta_fields=["full_shape", "n_in"])
-@dataclasses.dataclass(frozen=True)
-class PanelKernel(Kernel):
-    """A Dense kernel of shape `full_shape` viewed as a matrix (prod(in dims), prod(out dims)),
-    stored as 16-column panels (zero-padded on the right). A Kernel (llm.model.kernel): Dense
-    and the LM head call its `matmul`; `[...]` gives the kernel back. Only generation on CPU
-    holds one."""
+class PanelShape:
+    """The array-like shape of a kernel packed into panels (PanelKernel, and the bf16 one in
+    llm.generate.panel_bf16): `full_shape` (*in, *out) viewed as a (k, columns) matrix."""
 
-    panels: jax.Array  # (P, K, WIDTH)
+    panels: jax.Array
     full_shape: tuple[int, ...]
     n_in: int
 
@@ -110,6 +106,23 @@ class PanelKernel(Kernel):
     @property
     def columns(self) -> int:
         return math.prod(self.full_shape[self.n_in :])
+
+    @property
+    def k(self) -> int:
+        return math.prod(self.full_shape[: self.n_in])
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["panels"], meta_fields=["full_shape", "n_in"])
+@dataclasses.dataclass(frozen=True)
+class PanelKernel(PanelShape, Kernel):
+    """A Dense kernel of shape `full_shape` viewed as a matrix (prod(in dims), prod(out dims)),
+    stored as 16-column panels (zero-padded on the right). A Kernel (llm.model.kernel): Dense
+    and the LM head call its `matmul`; `[...]` gives the kernel back. Only generation on CPU
+    holds one."""
+
+    panels: jax.Array  # (P, K, WIDTH)
+    full_shape: tuple[int, ...]
+    n_in: int
 
     def __getitem__(self, index) -> jax.Array:
         if index is not Ellipsis:
