@@ -178,3 +178,16 @@ def test_our_steps_take_turns_with_the_peers_timed_steps():
                clock=machine.clock, probe_repeats=1, also={"ours": machine.step("ours")}, also_step_time=ours)
     assert [m for m, _ in machine.calls] == ["float32"] * 2 + ["float32", "ours"] * 2  # probe, then turns
     assert ours == {"ours": 0.5}
+
+
+def test_paired_steps_take_turns_one_peer_mode_at_a_time():
+    from llm.bench.hf_peer import time_modes
+
+    machine = FakeMachine({("float32", 1): 2.0, ("bfloat16", 1): 1.0, ("ours32", 1): 1.5, ("ours16", 1): 0.5, ("odd", 1): 0.1})
+    ours: dict = {}
+    time_modes({m: machine.step(m) for m in ("float32", "bfloat16")}, [1], steps=2, warmup=0, set_threads=machine.set_threads,
+               clock=machine.clock, probe_repeats=1, also={n: machine.step(n) for n in ("ours16", "ours32", "odd")},
+               also_step_time=ours, also_modes={"ours16": "bfloat16", "ours32": "float32", "odd": "int8"})
+    timed = [m for m, _ in machine.calls][2:]  # after the probe
+    assert timed == ["float32", "ours32", "odd"] * 2 + ["bfloat16", "ours16"] * 2  # "int8" is no peer mode: the first's turn
+    assert ours == pytest.approx({"ours16": 0.5, "ours32": 1.5, "odd": 0.1})

@@ -64,3 +64,12 @@ def test_without_a_compiler_the_kernel_is_not_used(tmp_path, caplog):
         assert gemm.load_engine(compiler="false", directory=tmp_path) is None
     assert "'false'" in caplog.text and "XLA's dots" in caplog.text
     assert not list(tmp_path.iterdir())
+
+
+@needs_engine
+@pytest.mark.parametrize("m,k", [(1, 1), (3, 70), (65, 129), (2048, 512), (0, 5), (5, 0)])
+def test_transpose_is_exact(m, k):
+    a = jnp.asarray(np.random.default_rng(1).standard_normal((m, k)), jnp.bfloat16)
+    out = jax.jit(gemm.transpose)(a)
+    assert out.shape == (k, m) and out.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(out.astype(jnp.float32)), np.asarray(a.astype(jnp.float32)).T)

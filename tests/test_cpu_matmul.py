@@ -59,7 +59,7 @@ def test_model_gradients_with_the_kernel_equal_the_xla_route():
         assert spec.cpu_matmul == ("gemm" if cpu_gemm and HAS_AMX else "xla")
         grad_fn = jax.jit(jax.value_and_grad(lm_loss_fn(graphdef), has_aux=True))
         hlo = grad_fn.lower(params, {}, batch, None).compile().as_text()
-        assert (gemm.TARGET in hlo) == (spec.cpu_matmul == "gemm")
+        assert (gemm.TRANSPOSE_TARGET in hlo) == (spec.cpu_matmul == "gemm")
         (loss, _), grads = grad_fn(params, {}, batch, None)
         results[cpu_gemm] = (loss, grads)
     # Same forward; weight gradients are the same bf16 products summed in f32 in another order.

@@ -50,3 +50,17 @@ def test_bfloat16_state_keeps_the_layout_and_close_updates():
     ref = results["float32"][1]
     # bf16 keeps 8 bits of mantissa: moments rounded to 2**-8 relative give updates within ~1%.
     np.testing.assert_allclose(results["bfloat16"][1], ref, rtol=0, atol=1e-2 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e3])  # clipped, and left alone
+def test_clip_by_global_norm_matches_optax(max_norm):
+    from llm.train.optimizer import clip_by_global_norm, global_norm
+
+    keys = jax.random.split(jax.random.key(3), 3)
+    tree = {"w": jax.random.normal(keys[0], (37, 5)), "b": jax.random.normal(keys[1], (5,)), "s": jax.random.normal(keys[2], ())}
+    np.testing.assert_allclose(global_norm(tree), optax.tree.norm(tree), rtol=1e-6)
+    ours, _ = clip_by_global_norm(max_norm).update(tree, optax.EmptyState())
+    theirs, _ = optax.clip_by_global_norm(max_norm).update(tree, optax.EmptyState())
+    for key in tree:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-6)
+    assert (global_norm(ours) < max_norm + 1e-4) and (max_norm > 1 or global_norm(ours) > max_norm - 1e-4)

@@ -127,6 +127,7 @@ def time_modes(
     probe_repeats: int = PROBE_REPEATS,
     also: dict[str, Callable[[], Any]] | None = None,
     also_step_time: dict[str, float] | None = None,
+    also_modes: dict[str, str] | None = None,
 ) -> dict[str, dict]:
     """Time each mode's training step at its best thread count.
 
@@ -138,7 +139,11 @@ def time_modes(
     count, alternating between the modes step by step. Returns {mode: {step_time, threads,
     probe_step_time_by_threads}}. The steps in `also` (ours: warmed up by the caller) take turns
     in that last phase too, so the two sides share the machine's load alike; their mean step
-    seconds go to `also_step_time`."""
+    seconds go to `also_step_time`. With `also_modes` ({name: peer mode}) the last phase runs one
+    peer mode at a time, its steps taking turns with the steps paired with it (unpaired ones join
+    the first mode): our bf16 step timed after the peer's f32 one ran ~10% slower on a 2-core
+    Sapphire Rapids than in a run of bf16 steps, as a training run has, and the peer's bf16
+    step ~3%."""
     for mode, step in steps_by_mode.items():
         set_threads(max(threads))
         for _ in range(warmup):
@@ -156,16 +161,23 @@ def time_modes(
     chosen = best_threads(probe)
     also = also or {}
     total = dict.fromkeys([*steps_by_mode, *also], 0.0)
-    for _ in range(steps):
-        for mode, step in steps_by_mode.items():
-            set_threads(chosen[mode])
-            start = clock()
-            step()
-            total[mode] += clock() - start
-        for name, step in also.items():
-            start = clock()
-            step()
-            total[name] += clock() - start
+    if also_modes is None:
+        phases = [(list(steps_by_mode), list(also))]
+    else:
+        first = next(iter(steps_by_mode))
+        pair = {n: also_modes[n] if also_modes.get(n) in steps_by_mode else first for n in also}
+        phases = [([m], [n for n in also if pair[n] == m]) for m in steps_by_mode]
+    for modes, names in phases:
+        for _ in range(steps):
+            for mode in modes:
+                set_threads(chosen[mode])
+                start = clock()
+                steps_by_mode[mode]()
+                total[mode] += clock() - start
+            for name in names:
+                start = clock()
+                also[name]()
+                total[name] += clock() - start
     if also_step_time is not None:
         also_step_time.update({name: total[name] / steps for name in also})
     return {
@@ -203,12 +215,13 @@ def _train_step(config: ml_collections.ConfigDict, batch_size: int, seq_len: int
 def bench_hf_train(
     config: ml_collections.ConfigDict, batch_size: int, seq_len: int, steps: int, warmup: int = 2, seed: int = 0,
     also: dict[str, Callable[[], Any]] | None = None, also_step_time: dict[str, float] | None = None,
+    also_modes: dict[str, str] | None = None,
 ) -> dict:
     """The peer at its best: on CPU, f32 and bf16 autocast (unless its bf16 matmul is hopeless
     here: cpu_modes), each at its fastest thread count (time_modes), the top-level hf_* figures
     being the faster mode's and hf_by_mode holding each; on a GPU, bf16 autocast. Also the batch
     shape, parameter count and tokens it ran. `also`: our steps, timed in turn with the peer's
-    (time_modes)."""
+    (time_modes; `also_modes` pairs each with the peer mode of its precision)."""
     import torch
     import transformers
 
@@ -220,7 +233,7 @@ def bench_hf_train(
     threads = [0] if cuda else thread_candidates()
     set_threads = (lambda t: None) if cuda else torch.set_num_threads
     by_mode = time_modes({mode: peer[2] for mode, peer in peers.items()}, threads, steps, warmup, set_threads,
-                         also=also, also_step_time=also_step_time)
+                         also=also, also_step_time=also_step_time, also_modes=also_modes)
     tokens = steps * batch_size * seq_len
     for figures in by_mode.values():
         figures["tokens_per_s"] = tokens / (figures["step_time"] * steps)

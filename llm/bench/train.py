@@ -174,7 +174,9 @@ def run_train_bench(config: ml_collections.ConfigDict, steps: int, vs_hf: bool) 
         from llm.bench.hf_peer import bench_hf_train
 
         step_times: dict[str, float] = {}
-        hf.update(bench_hf_train(config, config.data.batch_size, config.data.seq_len, steps, also=ours, also_step_time=step_times))
+        precision = {f"ours/{i}": _auto_name() if c.precision.compute == "auto" else c.precision.compute for i, c in enumerate(configs)}
+        hf.update(bench_hf_train(config, config.data.batch_size, config.data.seq_len, steps, also=ours, also_step_time=step_times,
+                                 also_modes=precision))
         return step_times
 
     runs = bench_configs(configs, steps, time_steps=with_peer if vs_hf else None)

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from llm.cpu.runtime import configure_host_runtime
 from llm.errors import UserError
 
 # Modules under llm.cli that define subcommands, in the order `llm --help` lists them.
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         rest, overrides = split_config_overrides(argv)
         args = build_parser().parse_args(rest)
         args.config_overrides = overrides
+        configure_host_runtime()
         result = args.func(args)
         return int(result or 0)
     except (UserError, FileNotFoundError, FileExistsError) as err:

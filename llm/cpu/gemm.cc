@@ -344,6 +344,51 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16, 2> a, ffi::Buffer<f
   return ffi::Error::Success();
 }
 
+// out (K, M) = a (M, K)^T in bf16, written row-major: XLA's dot takes x^T @ dy on AMX only in
+// the x @ W form with a materialised row-major x^T, and XLA folds its own transposes into the
+// dot's dimensions (llm.cpu.matmul). 64 x 64 blocks keep both sides' lines in L1; bands of 64
+// output rows are claimed by the caller and XLA's pool as in Gemm.
+struct TransposeWork {
+  static constexpr int64_t kEdge = 64;
+  const uint16_t* src;
+  uint16_t* dst;
+  int64_t M, K, bands;
+  std::atomic<int64_t> next{0}, done{0};
+
+  void Band(int64_t band) {
+    const int64_t k0 = band * kEdge, k1 = std::min(K, k0 + kEdge);
+    for (int64_t i0 = 0; i0 < M; i0 += kEdge) {
+      const int64_t i1 = std::min(M, i0 + kEdge);
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t i = i0; i < i1; ++i) dst[k * M + i] = src[i * K + k];
+    }
+  }
+  void Drain() {
+    for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < bands;) {
+      Band(b);
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+ffi::Error Transpose(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16, 2> a, ffi::ResultBuffer<ffi::BF16, 2> out) {
+  const auto d = a.dimensions(), od = out->dimensions();
+  const int64_t M = d[0], K = d[1];
+  if (od[0] != K || od[1] != M) return ffi::Error::InvalidArgument("transpose: bad output shape");
+  if (M == 0 || K == 0) return ffi::Error::Success();
+  auto work = std::make_shared<TransposeWork>();
+  work->src = reinterpret_cast<const uint16_t*>(a.typed_data());
+  work->dst = reinterpret_cast<uint16_t*>(out->typed_data());
+  work->M = M;
+  work->K = K;
+  work->bands = (K + TransposeWork::kEdge - 1) / TransposeWork::kEdge;
+  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), work->bands) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  while (work->done.load(std::memory_order_acquire) < work->bands) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 using Bf16Matrix = ffi::Buffer<ffi::BF16, 2>;
@@ -361,3 +406,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LlmBf16Gemm, Gemm,
 
 // Whether this process may use AMX tiles (asks Linux once); called from Python at load time.
 extern "C" int LlmRequestAmx() { return llm_cpu::RequestAmx() ? 1 : 0; }
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LlmBf16Transpose, Transpose,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Bf16Matrix>().Ret<Bf16Matrix>());

@@ -3,9 +3,12 @@
 Why: XLA:CPU (jax 0.10) hands bf16 dots with an f32 result to YNNPACK, which uses AMX for
 x @ W and dy @ W^T (1.5-2 TFLOP/s on a 2-core Sapphire Rapids VM) but not for the weight
 gradient x^T @ dy, whose contraction runs over the rows of both operands (~300 GFLOP/s, the f32
-speed). gemm.cc packs its operands itself, so every transpose case runs on the engine. It is
-compiled on first use (llm.cpu.build) and registered as an XLA FFI custom call; machines without
-AMX or AVX-512 BF16, other backends, and a missing or failing compiler keep XLA's dots.
+speed). gemm.cc packs its operands itself, so every transpose case runs on the engine. The
+same library holds a bf16 transpose: training writes x^T out with it and hands x^T @ dy to
+XLA's dot in the form YNNPACK runs on AMX, which measured faster than this GEMM
+(llm.cpu.matmul). It is compiled on first use (llm.cpu.build) and registered as XLA FFI custom
+calls; machines without AMX or AVX-512 BF16, other backends, and a missing or failing compiler
+keep XLA's dots.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from llm.cpu import build, features
 log = logging.getLogger("llm")
 
 TARGET = "llm_bf16_gemm"
+TRANSPOSE_TARGET = "llm_bf16_transpose"
 _SOURCE = Path(__file__).with_name("gemm.cc")
 _ENGINES = {features.AVX512_BF16: 0, features.AMX: 1}
 _LIBRARIES: list = []  # loaded kernel libraries, kept for the life of the process
@@ -61,6 +65,7 @@ def load_engine(compiler: str | None = None, directory: Path | None = None) -> s
         if found is None:
             return None
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.LlmBf16Gemm), platform="cpu")
+    jax.ffi.register_ffi_target(TRANSPOSE_TARGET, jax.ffi.pycapsule(library.LlmBf16Transpose), platform="cpu")
     _LIBRARIES.append(library)  # the handler must outlive every compiled program that calls it
     log.info("bf16 GEMM kernel: %s (weight gradients of CPU bf16 training)", found)
     return found
@@ -79,3 +84,12 @@ def gemm(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = Fals
         a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
         trans_a=np.int32(trans_a), trans_b=np.int32(trans_b), engine=np.int32(_ENGINES[on]),
     )
+
+
+def transpose(a: jax.Array) -> jax.Array:
+    """a (M, K) bf16 -> a^T (K, M), materialised row-major by the kernel library, where XLA
+    would fold a transpose of its own into the consuming dot (llm.cpu.matmul)."""
+    if engine() is None:
+        raise RuntimeError("the bf16 GEMM kernel is not available on this machine (see llm.cpu.gemm.engine)")
+    out = jax.ShapeDtypeStruct((a.shape[1], a.shape[0]), jnp.bfloat16)
+    return jax.ffi.ffi_call(TRANSPOSE_TARGET, out)(a.astype(jnp.bfloat16))

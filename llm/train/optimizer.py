@@ -39,6 +39,31 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def global_norm(tree: Any) -> jax.Array:
+    """optax.tree.norm in f32. On CPU each leaf's sum of squares is a dot of the leaf with
+    itself: XLA:CPU wrote x*x out to memory before reducing it, which on `small` made the
+    post-gradient part of the step (clip, AdamW and the three norms logged) 146 ms against
+    121 ms this way. Contracting every axis needs no reshape, so sharded leaves stay put."""
+    leaves = [x.astype(jnp.float32) for x in jax.tree_util.tree_leaves(tree)]
+    if jax.default_backend() != "cpu":
+        return optax.tree.norm(leaves)
+    axes = lambda x: tuple(range(x.ndim))  # noqa: E731
+    squares = [jax.lax.dot_general(x, x, ((axes(x), axes(x)), ((), ()))) for x in leaves]
+    return jnp.sqrt(sum(squares, jnp.zeros((), jnp.float32)))
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm (same empty state and scaling), with the norm above."""
+
+    def update(updates, state, params=None):
+        del params
+        norm = global_norm(updates)
+        keep = norm < max_norm
+        return jax.tree_util.tree_map(lambda t: jnp.where(keep, t, (t / norm.astype(t.dtype)) * max_norm), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def _cast(tree: Any, dtype) -> Any:
     return jax.tree.map(lambda x: x.astype(dtype), tree)
 
@@ -72,7 +97,7 @@ def build_optimizer(
     dtype = jnp.bfloat16 if state_dtype == "bfloat16" else jnp.float32
     chain = []
     if optim.clip_norm > 0:
-        chain.append(optax.clip_by_global_norm(optim.clip_norm))
+        chain.append(clip_by_global_norm(optim.clip_norm))
     chain.append(
         optax.chain(
             scale_by_adam_stored_in(dtype, optim.b1, optim.b2, optim.eps),

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from llm.train.optimizer import global_norm
+
 # loss_fn(trainable, frozen, batch, rng) -> (loss_sum, {"tokens": count, ...sums})
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, dict]]
 
@@ -21,10 +23,6 @@ class TrainState(NamedTuple):
     step: jax.Array
     params: Any  # the trainable parameters (all of them in pretraining)
     opt_state: Any
-
-
-def global_norm(tree: Any) -> jax.Array:
-    return optax.global_norm(jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), tree))
 
 
 def split_micro_batches(batch: dict, n: int) -> dict:
