@@ -82,7 +82,9 @@ TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target("train", "train step: tokens/s, step time, MFU, peak memory (and the HF peer)", "llm.bench.train",
-               (CONFIG, _steps("timed steps"), VS_HF, JSON)),
+               (CONFIG, _steps("timed steps"), VS_HF, JSON,
+                _option("--profile", "after timing, trace 3 more steps with jax.profiler into this directory and print "
+                        "the ops that took the step's time (README: Profile a step)", default=None))),
         Target("checkpoint", "how long an async save blocks the loop, and how long a restore takes", "llm.bench.checkpoint",
                (CONFIG, _steps("timed train steps the save is compared with"), JSON)),
         Target("data", "input pipeline tokens/s (read, tokenize, pack, batch) on real text", "llm.bench.data",

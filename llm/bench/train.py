@@ -86,10 +86,12 @@ def alternate(steps_by_name: dict[str, Callable[[], None]], steps: int) -> dict[
 def bench_configs(
     configs: list[ml_collections.ConfigDict], steps: int, warmup: int = 2,
     time_steps: Callable[[dict[str, Callable[[], None]]], dict[str, float]] | None = None,
+    profile: str | None = None,
 ) -> list[dict]:
     """bench_train of each config (our precisions), their timed steps taking turns (alternate, or
     `time_steps`, which also runs the peer's in between). Peak memory is the first one's, taken
-    before anything else is built."""
+    before anything else is built. With `profile` (a directory), the first config's step is
+    then traced (profile_step) and the figures gain its op table."""
     runs, memories = [], []
     for i, config in enumerate(configs):
         runs.append(list(prepared(config, warmup)))
@@ -103,6 +105,13 @@ def bench_configs(
 
     fns = {f"ours/{i}": one_step(run) for i, run in enumerate(runs)}
     step_times = time_steps(fns) if time_steps is not None else alternate(fns, steps)
+    profiled = None
+    if profile:
+        from llm.bench.profile import profile_step
+
+        setup, state, batch = runs[0][:3]
+        profiled = profile_step(fns["ours/0"], lambda: setup.train_step.lower(state, batch, {}).compile().as_text(),
+                                profile, min(steps, 3))
     elapsed = [step_times[f"ours/{i}"] * steps for i in range(len(runs))]
     peak, peak_source = device_peak_flops()
     out = []
@@ -127,6 +136,8 @@ def bench_configs(
             "loss": float(metrics["loss"]),
             "compute_dtype": jnp.dtype(spec.compute_dtype).name,
         })
+    if profiled:
+        out[0]["profile"] = profiled
     return out
 
 
@@ -151,7 +162,7 @@ def _print_ours(label: str, r: dict) -> None:
           + f"compute {r['compute_dtype']}")
 
 
-def run_train_bench(config: ml_collections.ConfigDict, steps: int, vs_hf: bool) -> dict:
+def run_train_bench(config: ml_collections.ConfigDict, steps: int, vs_hf: bool, profile: str | None = None) -> dict:
     """Measure and print our train step (and the HF peer's); returns the figures.
 
     The top-level figures are the config's precision (under `auto`, what it resolves to here);
@@ -179,7 +190,7 @@ def run_train_bench(config: ml_collections.ConfigDict, steps: int, vs_hf: bool) 
                                  also_modes=precision))
         return step_times
 
-    runs = bench_configs(configs, steps, time_steps=with_peer if vs_hf else None)
+    runs = bench_configs(configs, steps, time_steps=with_peer if vs_hf else None, profile=profile)
     by_precision = {figures["compute_dtype"]: figures for figures in runs}
     for i, figures in enumerate(by_precision.values()):
         if i == 0:  # the config's own precision
@@ -216,4 +227,4 @@ def run_train_bench(config: ml_collections.ConfigDict, steps: int, vs_hf: bool) 
 
 def run(args: argparse.Namespace) -> dict:
     """The bench target (llm.bench.TARGETS["train"])."""
-    return run_train_bench(load_config(args.config, args.config_overrides), args.steps, args.vs_hf)
+    return run_train_bench(load_config(args.config, args.config_overrides), args.steps, args.vs_hf, args.profile)
