@@ -1,5 +1,7 @@
 """The decoder: layer layouts, remat, packing, RoPE scaling and vocab padding."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -235,3 +237,39 @@ def test_chunked_loss_with_final_softcap_equals_the_full_logits():
     chunked = loss_and_grads(batch, *GEMMA, "model.loss_chunk=8")
     np.testing.assert_allclose(full[0], chunked[0], rtol=1e-5)
     assert_trees_close_at_scale(chunked[1], full[1])
+
+
+NAMED_REMAT = ["save_out_proj", "save_qkv_proj", "save_dot_except_mlp", "save_dot_except_mlpwi", "save_dot_with_context_except_mlp"]
+
+
+@pytest.mark.parametrize("policy", NAMED_REMAT)
+def test_named_remat_policies_keep_loss_and_gradients(policy):
+    test_remat_keeps_loss_and_gradients(policy)
+
+
+def saved_elements(remat: str, capsys) -> int:
+    """Elements the backward pass keeps from the forward under `remat` (jax's own listing)."""
+    graphdef, params, _ = build(f"model.remat={remat}", "model.scan_layers=true")
+    batch = random_batch(256, 2, 32)
+    jax.ad_checkpoint.print_saved_residuals(lambda p: lm_loss_fn(graphdef)(p, {}, batch, None)[0], params)
+    shapes = re.findall(r"^\w+\[([\d,]*)\]", capsys.readouterr().out, flags=re.M)
+    return sum(int(np.prod([int(d) for d in s.split(",") if d])) for s in shapes)
+
+
+def test_named_remat_policies_keep_what_they_name(capsys):
+    saved = {p: saved_elements(p, capsys) for p in ["full", *NAMED_REMAT, "save_matmul", "none"]}
+    # out_proj is one (B, T, d) activation per layer; q, k, v three; their union four; + context five.
+    assert saved["full"] < saved["save_out_proj"] < saved["save_qkv_proj"] < saved["save_dot_except_mlp"]
+    assert saved["save_dot_except_mlp"] < saved["save_dot_with_context_except_mlp"] < saved["save_matmul"] < saved["none"]
+    # mlpwo feeds only the residual add, whose gradient needs no operand: nothing more to keep.
+    assert saved["save_dot_except_mlpwi"] == saved["save_dot_except_mlp"]
+
+
+def test_an_unknown_remat_policy_lists_the_valid_ones():
+    from llm.config.validate import validate_config
+    from llm.errors import ConfigError
+    from llm.model.decoder import REMAT_POLICIES
+
+    with pytest.raises(ConfigError) as err:
+        validate_config(tiny_config("model.remat=save_everything"))
+    assert "save_everything" in str(err.value) and all(name in str(err.value) for name in REMAT_POLICIES)

@@ -29,7 +29,8 @@ from llm.parallel.topology import TpuTopology
 from llm.train.flops import flops_per_token
 
 GIB = 2**30
-_REMAT_STRENGTH = {"none": 0, "save_matmul": 1, "full": 2}
+_REMAT_STRENGTH = {"none": 0, "save_matmul": 1, "full": 2}  # the fit search's steps
+_NAMED_REMAT_STRENGTH = 1.5  # save_qkv_proj & co. keep fewer activations than save_matmul, more than full
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +116,7 @@ def _fits_mesh(config: ml_collections.ConfigDict, n_devices: int, overrides: lis
 def candidate_overrides(config: ml_collections.ConfigDict, n_devices: int) -> list[tuple[str, ...]]:
     """Nearby configs worth compiling when `config` does not fit, most promising first."""
     m, batch = config.model, config.data.batch_size
-    remats = [p for p, s in _REMAT_STRENGTH.items() if s > _REMAT_STRENGTH[m.remat]]
+    remats = [p for p, s in _REMAT_STRENGTH.items() if s > _REMAT_STRENGTH.get(m.remat, _NAMED_REMAT_STRENGTH)]
     singles: list[list[str]] = [[f"model.remat={p}"] for p in remats]  # the cheaper recompute first
     data_parallel = {"data": config.mesh.data, "fsdp": config.mesh.fsdp}
     try:

@@ -8,7 +8,8 @@ from llm.errors import ConfigError
 
 _CHOICES = {
     "model.family": ("llama", "gpt2"),
-    "model.remat": ("none", "full", "save_matmul"),
+    "model.remat": ("none", "full", "save_matmul", "save_dot_except_mlpwi", "save_dot_with_context_except_mlp",
+                    "save_dot_except_mlp", "save_qkv_proj", "save_out_proj"),  # llm.model.decoder.REMAT_POLICIES
     "model.attention_impl": ("xla", "cudnn", "blocked"),
     "model.rope_scaling.type": ("", "llama3", "linear"),
     "model.mlp_activation": ("silu", "gelu_tanh"),

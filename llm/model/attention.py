@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from flax import nnx
 
 from llm.model.layers import Dense, RMSNorm
@@ -195,9 +196,9 @@ class Attention(nnx.Module):
     def qkv(self, x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q, k, v for x (batch, length, d_model), q and k rotated by `rope` (None: no RoPE)."""
         cd = self.spec.compute_dtype
-        q = self.rules.constrain(self.q(x, cd), ("batch", "length", "act_heads", None))
-        k = self.rules.constrain(self.k(x, cd), ("batch", "length", "act_kv_heads", None))
-        v = self.rules.constrain(self.v(x, cd), ("batch", "length", "act_kv_heads", None))
+        q = checkpoint_name(self.rules.constrain(self.q(x, cd), ("batch", "length", "act_heads", None)), "query_proj")
+        k = checkpoint_name(self.rules.constrain(self.k(x, cd), ("batch", "length", "act_kv_heads", None)), "key_proj")
+        v = checkpoint_name(self.rules.constrain(self.v(x, cd), ("batch", "length", "act_kv_heads", None)), "value_proj")
         if self.spec.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -217,5 +218,5 @@ class Attention(nnx.Module):
 
     def project(self, heads: jax.Array) -> jax.Array:
         """The output projection of the attended heads (batch, length, heads, head_dim)."""
-        heads = self.rules.constrain(heads, ("batch", "length", "act_heads", None))
-        return self.o(heads, self.spec.compute_dtype)
+        heads = checkpoint_name(self.rules.constrain(heads, ("batch", "length", "act_heads", None)), "context")
+        return checkpoint_name(self.o(heads, self.spec.compute_dtype), "out_proj")

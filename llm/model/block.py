@@ -7,6 +7,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from flax import nnx
 
 from llm.model.attention import Attention
@@ -64,11 +65,11 @@ class MLP(nnx.Module):
         cd = self.spec.compute_dtype
         if self.gated:
             activation = "gelu_tanh" if self.spec.mlp_activation == "gelu_tanh" else "silu"
-            h = gated_activation(self.gate(x, cd), self.up(x, cd), activation)
+            h = gated_activation(checkpoint_name(self.gate(x, cd), "mlpwi"), checkpoint_name(self.up(x, cd), "mlpwi"), activation)
         else:
-            h = jax.nn.gelu(self.up(x, cd), approximate=True)
+            h = jax.nn.gelu(checkpoint_name(self.up(x, cd), "mlpwi"), approximate=True)
         h = rules.constrain(h, ("batch", "length", "act_mlp"))
-        return self.down(h, cd)
+        return checkpoint_name(self.down(h, cd), "mlpwo")
 
 
 class Block(nnx.Module):

@@ -14,9 +14,19 @@ from llm.model.rope import inverse_frequencies, rope_tables
 from llm.model.spec import ModelSpec
 from llm.parallel.rules import AxisRules
 
+_save = jax.checkpoint_policies.save_only_these_names
+_QKV = ("query_proj", "key_proj", "value_proj")
+# What the backward pass may keep from each layer's forward instead of recomputing it, by the
+# names the layers give their activations (jax.ad_checkpoint.checkpoint_name in Attention and
+# MLP), as MaxText names its policies; everything else in the layer is recomputed.
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_matmul": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_dot_except_mlpwi": _save(*_QKV, "out_proj", "mlpwo"),
+    "save_dot_with_context_except_mlp": _save(*_QKV, "context", "out_proj"),
+    "save_dot_except_mlp": _save(*_QKV, "out_proj"),
+    "save_qkv_proj": _save(*_QKV),
+    "save_out_proj": _save("out_proj"),
 }
 
 
