@@ -24,7 +24,7 @@ def default_rules() -> ml_collections.ConfigDict:
     rules.positions = ()
     # Activations.
     rules.batch = ("data", "fsdp")
-    rules.length = ()
+    rules.length = ("sequence",)  # context parallelism: positions split over mesh.sequence
     rules.act_embed = ()
     rules.act_heads = ("tensor",)
     rules.act_kv_heads = ("tensor",)
@@ -176,6 +176,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    c.mesh.sequence = 1  # context parallelism: each sequence split over this many devices, keys/values gathered
     c.mesh.rules = default_rules()
 
     # Multi-process jobs (llm.parallel.distributed): "auto" detects Cloud TPU, SLURM and Open MPI.

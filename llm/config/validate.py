@@ -94,16 +94,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"data.batch_size={config.data.batch_size} is not divisible by train.grad_accum={t.grad_accum}"
         )
     _validate_eval(config.eval)
-    for axis in ("data", "fsdp", "tensor"):
-        size = config.mesh[axis]
+    axes = ("data", "fsdp", "tensor", "sequence")  # llm.parallel.mesh.MESH_AXES
+    for axis in axes:
+        size = config.mesh.get(axis, 1)
         if size == 0 or size < -1:
             raise ConfigError(f"mesh.{axis}={size} must be a positive size or -1 (the rest of the devices)")
-    if sum(config.mesh[a] == -1 for a in ("data", "fsdp", "tensor")) > 1:
-        raise ConfigError("only one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
-    for name, axes in config.mesh.rules.items():
-        for axis in axes:
-            if axis not in ("data", "fsdp", "tensor"):
-                raise ConfigError(f"mesh.rules.{name} names mesh axis {axis!r}; use data, fsdp or tensor")
+    if sum(config.mesh.get(a, 1) == -1 for a in axes) > 1:
+        raise ConfigError("only one of mesh.data, mesh.fsdp, mesh.tensor, mesh.sequence may be -1")
+    sequence = config.mesh.get("sequence", 1)
+    if sequence > 1 and config.data.seq_len % sequence:
+        raise ConfigError(
+            f"data.seq_len={config.data.seq_len} is not divisible by mesh.sequence={sequence}: each device holds an "
+            f"equal slice of every sequence; use a multiple of {sequence} or another mesh.sequence"
+        )
+    for name, mesh_axes in config.mesh.rules.items():
+        for axis in mesh_axes:
+            if axis not in axes:
+                raise ConfigError(f"mesh.rules.{name} names mesh axis {axis!r}; use data, fsdp, tensor or sequence")
 
 
 def _validate_eval(e: ml_collections.ConfigDict) -> None:

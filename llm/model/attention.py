@@ -212,6 +212,9 @@ class Attention(nnx.Module):
         of x's positions (llm.model.rope.rope_tables), None without RoPE; `mask` holds segments
         and this layer's window, `window` (static) lets the blocked path skip keys (see attend)."""
         q, k, v = self.qkv(x, rope)
+        if self.rules.shards("length") > 1:  # context parallelism: each query slice attends to every key
+            k = self.rules.constrain(k, ("batch", None, "act_kv_heads", None))
+            v = self.rules.constrain(v, ("batch", None, "act_kv_heads", None))
         spec = self.spec
         out = attend(q, k, v, mask, spec.attention_impl, spec.attention_block, spec.attention_scale, spec.attn_softcap, window)
         return self.project(out)

@@ -1,4 +1,4 @@
-"""Build the device mesh (`data`, `fsdp`, `tensor`) from the config's sizes.
+"""Build the device mesh (`data`, `fsdp`, `tensor`, `sequence`) from the config's sizes.
 
 Every run builds its mesh here. Over the job's devices (no explicit list) a size mistake says how
 the job's devices are spread over its processes, since on a pod the count a user sees on one host
@@ -18,14 +18,14 @@ from jax.sharding import Mesh
 from llm.errors import ConfigError
 from llm.parallel.multihost import job_shape
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "tensor", "sequence")  # sequence: context parallelism (rules.length)
 
 
-def resolve_mesh_shape(mesh_cfg: ml_collections.ConfigDict, n_devices: int, where: str = "") -> tuple[int, int, int]:
+def resolve_mesh_shape(mesh_cfg: ml_collections.ConfigDict, n_devices: int, where: str = "") -> tuple[int, ...]:
     """Fill the one `-1` axis with the rest of the devices and check the product; `where`
     (e.g. "the job has 2 processes x 4 devices per process") goes into the error message."""
     note = f" ({where})" if where else ""
-    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    sizes = [int(mesh_cfg.get(a, 1)) for a in MESH_AXES]  # configs saved before `sequence` existed
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if known == 0 or n_devices % known:
@@ -36,7 +36,7 @@ def resolve_mesh_shape(mesh_cfg: ml_collections.ConfigDict, n_devices: int, wher
         sizes[sizes.index(-1)] = n_devices // known
     if math.prod(sizes) != n_devices:
         raise ConfigError(
-            f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} devices, "
+            f"mesh {' x '.join(f'{a}={n}' for a, n in zip(MESH_AXES, sizes))} = {math.prod(sizes)} devices, "
             f"but {n_devices} are available{note}; make the sizes multiply to {n_devices} (or set one to -1)"
         )
     return tuple(sizes)

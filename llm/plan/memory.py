@@ -117,8 +117,9 @@ def analytic_memory(config: ml_collections.ConfigDict, state: AbstractState, pla
     fsdp = state.mesh["fsdp"]
     accum = config.train.grad_accum
     seq = config.data.seq_len
+    split = state.mesh.get("sequence", 1)  # context parallelism: each device holds seq / split positions
     rows = math.ceil(config.data.batch_size / accum / state.data_parallel)  # per device, per micro-batch
-    n = rows * seq
+    n = rows * seq // split
     c = jnp.dtype(spec.compute_dtype).itemsize
     d, hd, ff = spec.d_model, spec.head_dim, spec.d_ff
     qkv = (spec.n_heads + 2 * spec.n_kv_heads) * hd // tensor
@@ -128,25 +129,31 @@ def analytic_memory(config: ml_collections.ConfigDict, state: AbstractState, pla
     # o-projection, MLP gate/up/activation/product, down projection.
     layer_all = n * c * (6 * d + qkv + (spec.n_heads + spec.n_kv_heads) * hd // tensor + spec.n_heads * hd // tensor + (4 if gated else 2) * ffs)
     layer_matmuls = n * c * (d + qkv + d + (2 if gated else 1) * ffs + d)  # what save_matmul keeps
-    scores = _score_count(spec, rows, seq, tensor)
+    scores = _score_count(spec, rows, seq, tensor) // split  # its queries against every key
     cpu = platform == "cpu"
     probs = scores * (3 * 4 if cpu else c)  # kept for the backward pass (see UNFUSED_CPU)
     if cpu:  # the adapter branch's output beside the kernel's, per adapted projection
         layer_all += n * c * _adapter_outputs_per_layer(state) // tensor
     L = layers_with_gradients(state)
+    heads = spec.n_heads * hd // tensor
+    named = {  # what each named policy keeps beside the layer input (llm.model.decoder.REMAT_POLICIES);
+        # mlpwo feeds only a residual add, so keeping it keeps nothing more
+        "full": 0, "save_out_proj": d, "save_qkv_proj": qkv, "save_dot_except_mlp": qkv + d,
+        "save_dot_except_mlpwi": qkv + d, "save_dot_with_context_except_mlp": qkv + heads + d,
+    }
     if spec.remat == "none":
         kept = L * (layer_all + probs)
     elif spec.remat == "save_matmul":
         kept = L * (layer_matmuls + n * c * d)
     else:
-        kept = L * n * c * d
+        kept = L * n * c * (d + named[spec.remat])
     # One layer's backward: under remat its recomputed intermediates and probabilities; always the
     # probabilities' f32 gradient.
     working = scores * 4 + (0 if spec.remat == "none" else layer_all + probs)
     activations = kept + working
     chunk = spec.loss_chunk or seq
-    logits = rows * min(chunk, seq) * spec.padded_vocab // tensor * 4 * 2  # f32 logits and their gradient
-    mask = rows * seq * seq  # the boolean causal + segment mask, shared by the layers
+    logits = rows * min(chunk, seq) // split * spec.padded_vocab // tensor * 4 * 2  # f32 logits and their gradient
+    mask = rows * seq * seq // split  # the boolean causal + segment mask, shared by the layers
     s = state.bytes()
     grads = s["params"] * (2 if accum > 1 else 1) * 4 // max(1, _dtype_size(state))
     gathered = 0
