@@ -52,3 +52,47 @@ def test_packed_documents_do_not_attend_across_the_split():
 def test_a_sequence_axis_that_does_not_divide_the_length_is_refused():
     with pytest.raises(ConfigError, match=r"data.seq_len=60 is not divisible by mesh.sequence=8"):
         validate_config(tiny_config("data.seq_len=60", "mesh.sequence=8", "mesh.data=1"))
+
+
+SPANNING_WORKER = """
+import os, sys
+port, pid = int(sys.argv[1]), int(sys.argv[2])
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["JAX_PLATFORMS"] = "cpu"
+from llm.config.loading import load_config
+from llm.errors import ConfigError
+from llm.parallel.distributed import initialize
+from llm.train.setup import build_setup
+
+config = load_config("configs/tiny.py", [
+    "data.source=synthetic", "mesh.data=1", "mesh.sequence=8", f"distributed.coordinator_address=127.0.0.1:{port}",
+    "distributed.num_processes=2", f"distributed.process_id={pid}", "distributed.initialization_timeout=120"])
+initialize(config)
+try:
+    build_setup(config)
+except ConfigError as err:
+    print("REFUSED", err, flush=True)
+"""
+
+
+@pytest.mark.slow  # two processes start JAX
+def test_a_sequence_axis_across_processes_is_refused(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_parallel_distributed_train import free_port
+
+    repo = Path(__file__).resolve().parents[1]
+    script = tmp_path / "worker.py"
+    script.write_text(SPANNING_WORKER)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "TPU_", "JAX_COORD"))}
+    env["PYTHONPATH"] = str(repo)
+    procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i)], cwd=repo, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for (stdout, stderr), p in zip(outs, procs):
+        assert p.returncode == 0, stderr[-3000:]
+        assert "REFUSED" in stdout and "keep mesh.sequence within one process's devices (4)" in stdout, stdout

@@ -50,6 +50,15 @@ def check_process_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -
     """Each process must hold exactly its share (1 / process count) of the batch rows, the rows
     the data pipeline gives it; otherwise two processes would feed different rows as copies."""
     processes = jax.process_count()
+    if len(global_shape) > 1:  # the pipeline gives each process whole rows: every position of them
+        indices = sharding.addressable_devices_indices_map(global_shape).values()
+        held = {index[1].indices(global_shape[1]) if len(index) > 1 else (0, global_shape[1], 1) for index in indices}
+        if min(start for start, _, _ in held) != 0 or max(stop for _, stop, _ in held) != global_shape[1]:
+            raise ConfigError(
+                f"with mesh {dict(sharding.mesh.shape)} this process's devices hold only some positions of their "
+                f"rows, but the data pipeline gives each process whole rows; keep mesh.sequence within one "
+                f"process's devices ({jax.local_device_count()})"
+            )
     lo, hi = local_rows(sharding, global_shape)
     share = global_shape[0] // processes
     if hi - lo != share:
