@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.scan_layers = False
     m.remat = "none"  # none | full | save_matmul | save_dot_except_mlpwi | save_dot_except_mlp | save_qkv_proj | ... (llm.model.decoder.REMAT_POLICIES)
     m.loss_chunk = 0  # positions per logits + cross-entropy chunk (0 = whole sequence at once)
-    m.attention_impl = "xla"  # xla | cudnn | blocked (causal query blocks; fastest on CPU)
+    m.attention_impl = "xla"  # xla | cudnn | blocked (causal query blocks; fastest on CPU) | splash (TPU) | auto (per platform)
     m.attention_block = 64  # query positions per block for attention_impl="blocked"
     # bf16 on one CPU device with AMX: weight gradients on llm.cpu.gemm's kernel (llm.cpu.matmul)
     m.cpu_gemm = True

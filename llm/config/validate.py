@@ -10,7 +10,7 @@ _CHOICES = {
     "model.family": ("llama", "gpt2"),
     "model.remat": ("none", "full", "save_matmul", "save_dot_except_mlpwi", "save_dot_with_context_except_mlp",
                     "save_dot_except_mlp", "save_qkv_proj", "save_out_proj"),  # llm.model.decoder.REMAT_POLICIES
-    "model.attention_impl": ("xla", "cudnn", "blocked"),
+    "model.attention_impl": ("xla", "cudnn", "blocked", "splash", "auto"),
     "model.rope_scaling.type": ("", "llama3", "linear"),
     "model.mlp_activation": ("silu", "gelu_tanh"),
     "precision.params": ("float32", "bfloat16"),
@@ -55,6 +55,22 @@ def _validate_family_features(m: ml_collections.ConfigDict) -> None:
         raise ConfigError("model.attn_softcap needs attention_impl=xla or blocked; cuDNN attention has no logit soft-capping")
 
 
+def _validate_splash(config: ml_collections.ConfigDict) -> None:
+    """Shapes and options the splash kernel cannot take, in one line before anything is built."""
+    m = config.model
+    if m.attention_impl != "splash":
+        return
+    from llm.model.splash import check_splash_shape, splash_block
+
+    if m.attn_softcap or m.sliding_window:
+        raise ConfigError("model.attention_impl=splash takes neither attn_softcap nor sliding_window here; use xla or blocked")
+    seq_len = config.data.seq_len
+    check_splash_shape(m.head_dim or m.d_model // m.n_heads, seq_len, splash_block(m.attention_block, seq_len))
+    if config.mesh.get("sequence", 1) > 1:
+        raise ConfigError("model.attention_impl=splash does not split keys over mesh.sequence; use attention_impl=xla "
+                          "with context parallelism")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     for dotted, allowed in _CHOICES.items():
         value = _get(config, dotted)
@@ -94,6 +110,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"data.batch_size={config.data.batch_size} is not divisible by train.grad_accum={t.grad_accum}"
         )
     _validate_eval(config.eval)
+    _validate_splash(config)
     axes = ("data", "fsdp", "tensor", "sequence")  # llm.parallel.mesh.MESH_AXES
     for axis in axes:
         size = config.mesh.get(axis, 1)

@@ -11,6 +11,7 @@ from flax import nnx
 
 from llm.model.layers import Dense, RMSNorm
 from llm.model.rope import rotate
+from llm.model.splash import splash_attention, splash_block
 from llm.model.spec import ModelSpec
 from llm.parallel.rules import AxisRules
 
@@ -216,7 +217,11 @@ class Attention(nnx.Module):
             k = self.rules.constrain(k, ("batch", None, "act_kv_heads", None))
             v = self.rules.constrain(v, ("batch", None, "act_kv_heads", None))
         spec = self.spec
-        out = attend(q, k, v, mask, spec.attention_impl, spec.attention_block, spec.attention_scale, spec.attn_softcap, window)
+        if spec.attention_impl == "splash" and (mask is None or mask.ndim == 2):  # segment ids (llm.model.splash)
+            out = splash_attention(q, k, v, mask, self.rules, spec.attention_scale, splash_block(spec.attention_block, q.shape[1]))
+        else:  # other masks (packed scoring trees in llm.eval) take the XLA path under splash
+            impl = "xla" if spec.attention_impl == "splash" else spec.attention_impl
+            out = attend(q, k, v, mask, impl, spec.attention_block, spec.attention_scale, spec.attn_softcap, window)
         return self.project(out)
 
     def project(self, heads: jax.Array) -> jax.Array:

@@ -105,7 +105,8 @@ class Decoder(nnx.Module):
         self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array | None = None
     ) -> jax.Array:
         """Final-norm hidden states (batch, length, d_model) in the compute dtype."""
-        mask = attention_mask(segment_ids, tokens.shape[1])
+        # splash takes the segment ids themselves, never a dense (B, 1, T, T) mask (llm.model.splash)
+        mask = segment_ids if self.spec.attention_impl == "splash" else attention_mask(segment_ids, tokens.shape[1])
         return self.run_blocks(self.embed_tokens(tokens, positions), positions, mask, skip_keys=True)
 
     def run_blocks(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None, skip_keys: bool = False) -> jax.Array:

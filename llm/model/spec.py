@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from llm.cpu.matmul import cpu_matmul_route
+from llm.errors import ConfigError
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -99,6 +100,25 @@ def padded_vocab_size(vocab_size: int, multiple: int, shards: int = 1) -> int:
     return -(-vocab_size // step) * step
 
 
+def resolve_attention_impl(m: ml_collections.ConfigDict, platform: str | None = None) -> str:
+    """model.attention_impl with `auto` resolved for the platform: cuDNN on GPU, splash on TPU
+    where the kernel takes the model (head_dim a multiple of 128, no soft-cap, no windows; else
+    xla), blocked on CPU. Splash named outright off TPU is refused: it is a TPU kernel."""
+    platform = platform or jax.default_backend()
+    impl = m.attention_impl
+    if impl == "auto":
+        if platform == "gpu":
+            return "xla" if m.attn_softcap else "cudnn"
+        if platform == "tpu":
+            head_dim = m.head_dim or m.d_model // m.n_heads
+            return "splash" if head_dim % 128 == 0 and not m.attn_softcap and not m.sliding_window else "xla"
+        return "blocked"
+    if impl == "splash" and platform != "tpu":
+        raise ConfigError(f"model.attention_impl=splash is a TPU (Pallas) kernel and this run is on {platform}; "
+                          f"use auto, blocked or xla here")
+    return impl
+
+
 def model_spec(
     config: ml_collections.ConfigDict, vocab_shards: int = 1, platform: str | None = None, devices: int = 0
 ) -> ModelSpec:
@@ -130,7 +150,7 @@ def model_spec(
         init_std=float(m.init_std),
         scan_layers=m.scan_layers,
         remat=m.remat,
-        attention_impl=m.attention_impl,
+        attention_impl=resolve_attention_impl(m, platform),
         param_dtype=_DTYPES[config.precision.params],
         compute_dtype=(compute := resolve_compute_dtype(config.precision.compute, platform)),
         loss_chunk=int(m.loss_chunk),

@@ -74,7 +74,9 @@ def _score_count(spec: ModelSpec, rows: int, seq: int, tensor: int) -> int:
     """Attention scores one layer materialises per device: (query, key) pairs times heads; the
     blocked implementation computes each query block against the keys up to its end only."""
     heads = math.ceil(spec.n_heads / tensor)
-    if spec.attention_impl == "blocked":
+    if spec.attention_impl == "splash":  # scores stay in VMEM; one log-sum-exp a query is kept
+        pairs = seq
+    elif spec.attention_impl == "blocked":
         blk = spec.attention_block
         pairs = sum((min(start + blk, seq) - start) * min(start + blk, seq) for start in range(0, seq, blk))
     else:
@@ -153,7 +155,7 @@ def analytic_memory(config: ml_collections.ConfigDict, state: AbstractState, pla
     activations = kept + working
     chunk = spec.loss_chunk or seq
     logits = rows * min(chunk, seq) // split * spec.padded_vocab // tensor * 4 * 2  # f32 logits and their gradient
-    mask = rows * seq * seq // split  # the boolean causal + segment mask, shared by the layers
+    mask = 0 if spec.attention_impl == "splash" else rows * seq * seq // split  # the boolean mask, shared by the layers
     s = state.bytes()
     grads = s["params"] * (2 if accum > 1 else 1) * 4 // max(1, _dtype_size(state))
     gathered = 0
