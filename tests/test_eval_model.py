@@ -208,7 +208,7 @@ def test_mesh_overrides_shard_the_model_with_the_same_scores(models):
     plain = load_eval_model(directory, F32, batch_size=4)
     sharded = load_eval_model(directory, (*F32, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"), batch_size=4)
     kernels = [x for x in jax.tree_util.tree_leaves(sharded.params) if x.ndim >= 2]
-    assert dict(kernels[0].sharding.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert dict(kernels[0].sharding.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1}
     assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated for x in kernels)  # really split
     for (a, ga), (b, gb) in zip(plain.loglikelihood(requests), sharded.loglikelihood(requests)):
         assert abs(a - b) <= 1e-4 and ga == gb
