@@ -61,7 +61,7 @@ def test_resume_on_another_mesh_reshards_and_continues(tmp_path):
     second = llm_train(workdir, "--config.train.steps=5", "--config.checkpoint.restore_step=3", *layout, devices=4)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resumed from {workdir.absolute() / 'checkpoints' / '3'} (step 3)" in second.stderr
-    assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in second.stderr
+    assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 1, 'sequence': 1}" in second.stderr
     resumed = losses(workdir)
     for step in (4, 5):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-4), (step, resumed[step], reference[step])

@@ -36,6 +36,10 @@ class MfuRow:
     d_model: int = 0  # 0: any width
     note: str = ""
     cpu_engine: str = ""  # cpu rows: the bf16 engine of the CPU measured ("amx", "avx512_bf16", "none"); "" = any
+    # cpu rows: measured with llm's host-runtime settings (llm.cpu.runtime: freed memory kept), as
+    # `llm` runs by default; False: with glibc's defaults (LLM_CPU_KEEP_MEMORY=0), whose steps
+    # page-fault their temporaries back in (tiny's step took ~30% longer on the Sapphire Rapids VM)
+    kept_memory: bool = False
 
 
 def read_table(path: str | Path = DEFAULT_PATH) -> list[MfuRow]:
@@ -99,5 +103,9 @@ def lookup(rows: list[MfuRow], chip: str, kind: str, method: str, d_model: int =
         command = "; ".join(dict.fromkeys(r.command for r in used))
         date = ", ".join(dict.fromkeys(r.date for r in used))
         note = "" if len(used) == 1 else f"from {len(used)} rows at d_model " + ", ".join(str(r.d_model) for r in used)
-        return MfuRow(hw, method, min(value, 1.0), status, date, command, d_model, note)
+        if hw == "cpu" and not all(r.kept_memory for r in used):
+            note = "; ".join(filter(None, [note, "measured with glibc's defaults (LLM_CPU_KEEP_MEMORY=0): llm's own "
+                                                "settings run faster; recalibrate with llm plan --calibrate"]))
+        kept = all(r.kept_memory for r in used)
+        return MfuRow(hw, method, min(value, 1.0), status, date, command, d_model, note, kept_memory=kept)
     raise UserError(f"the MFU table has no row for {chip} ({kind}); add one for hardware {chip!r} or {kind!r} to configs/plan_mfu.json")

@@ -15,6 +15,7 @@ what is checked.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from llm.cpu.features import host_bf16_engine
 from llm.config.loading import load_config
@@ -72,7 +73,8 @@ def mfu_rows(results: list[Check], date: str, command: str) -> list[dict]:
         {"hardware": "cpu", "cpu_engine": host_bf16_engine() or "none", "method": r.method, "mfu": round(r.measured_mfu, 3),
          "d_model": r.d_model, "status": "measured",
          "date": date, "command": command,
-         "note": f"configs/{r.config}.py, {r.measured_step_s:.3f} s a step by CPU time ({r.wall_step_s:.3f} s wall) on {cores()} shared cores"}
+         "note": f"configs/{r.config}.py, {r.measured_step_s:.3f} s a step by CPU time ({r.wall_step_s:.3f} s wall) on {cores()} shared cores",
+         "kept_memory": os.environ.get("LLM_CPU_KEEP_MEMORY", "1") != "0"}
         for r in results
     ]
 
