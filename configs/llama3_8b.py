@@ -8,8 +8,9 @@ Check the fit first (no TPU needed, see README "Run on a TPU pod"), then run on 
   llm compile --config configs/llama3_8b.py --topology v5p-64
   launch/tpu_vm.sh --name my-v5p --zone us-east5-a --type v5p-64 -- llm train --config configs/llama3_8b.py \
       --workdir gs://bucket/runs/8b --config.data.path='gs://bucket/corpus/*.txt'
-llm compile (libtpu 0.0.42.1): 8.03B parameters; per chip 0.94 GiB parameters + 1.87 GiB AdamW
-state + 44.17 GiB temporaries = 46.97 GiB of 95.74 -> fits; 1.215e17 model FLOPs per step
+llm compile (libtpu 0.0.42.1, 2026-12-05): 8.03B parameters; per chip 0.94 GiB parameters + 1.87 GiB
+AdamW state + 49.66 GiB temporaries = 52.47 GiB of 95.74 -> fits (26.27 GiB with
+model.attention_impl=splash); 1.215e17 model FLOPs per step
 (57.9 GFLOP/token), 16.5 s per step at 50% MFU. Without accumulation (train.grad_accum=1) the
 step needs 151.6 GiB per chip and does not fit; with 2 micro-batches the compiler runs out of
 on-chip VMEM on the 8192 x 8192 attention scores; 4 and 8 (25.2 GiB) fit.
