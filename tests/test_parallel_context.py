@@ -5,6 +5,7 @@ apart; a sequence length the axis does not divide is refused."""
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec
 
 from helpers import assert_trees_close_at_scale, random_batch, tiny_config
@@ -39,7 +40,7 @@ def test_loss_and_gradients_equal_the_single_device_run(impl, chunk):
 
 def test_packed_documents_do_not_attend_across_the_split():
     setup, state, _ = sharded_run(8, "mesh.data=2", "mesh.sequence=4")
-    model = __import__("flax").nnx.merge(setup.graphdef, state.params)
+    model = nnx.merge(setup.graphdef, state.params)
     forward = jax.jit(lambda b: model(b["inputs"], b["positions"], b["segment_ids"]))
     batch = random_batch(256, 4, SEQ, packed=True)  # document 2 starts at position 21, on the second device
     changed = {k: v.copy() for k, v in batch.items()}

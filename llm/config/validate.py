@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from llm.errors import ConfigError
+from llm.parallel.mesh import MESH_AXES
 
 _CHOICES = {
     "model.family": ("llama", "gpt2"),
@@ -111,7 +112,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     _validate_eval(config.eval)
     _validate_splash(config)
-    axes = ("data", "fsdp", "tensor", "sequence")  # llm.parallel.mesh.MESH_AXES
+    axes = MESH_AXES
     for axis in axes:
         size = config.mesh.get(axis, 1)
         if size == 0 or size < -1:

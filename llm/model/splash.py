@@ -66,18 +66,17 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
     local_heads = heads // rules.shards("act_heads") if rules.mesh is not None else heads
     kernel = _kernel(local_heads, length, block, interpret)
 
-    def local(q, k, v, ids):
+    def local(q, k, v, *ids):  # ids: () or (segment ids,)
         from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
-        if ids is None:
+        if not ids:
             return jax.vmap(kernel)(q, k, v)
-        return jax.vmap(lambda q, k, v, i: kernel(q, k, v, segment_ids=sk.SegmentIds(i, i)))(q, k, v, ids)
+        return jax.vmap(lambda q, k, v, i: kernel(q, k, v, segment_ids=sk.SegmentIds(i, i)))(q, k, v, *ids)
 
+    ids = () if segment_ids is None else (segment_ids,)
     if rules.mesh is None or rules.mesh.size == 1:
-        out = local(q, k, v, segment_ids)
+        out = local(q, k, v, *ids)
     else:
-        specs = (head_spec, kv_spec, kv_spec) + ((row_spec,) if segment_ids is not None else ())
-        fn = (lambda q, k, v, ids: local(q, k, v, ids)) if segment_ids is not None else (lambda q, k, v: local(q, k, v, None))
-        args = (q, k, v) + ((segment_ids,) if segment_ids is not None else ())
-        out = jax.shard_map(fn, mesh=rules.mesh, in_specs=specs, out_specs=head_spec, check_vma=False)(*args)
+        specs = (head_spec, kv_spec, kv_spec) + (row_spec,) * len(ids)
+        out = jax.shard_map(local, mesh=rules.mesh, in_specs=specs, out_specs=head_spec, check_vma=False)(q, k, v, *ids)
     return out.swapaxes(1, 2)
