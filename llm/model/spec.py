@@ -6,6 +6,7 @@ The config is mutable and carries training keys; the model only sees this.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -100,23 +101,52 @@ def padded_vocab_size(vocab_size: int, multiple: int, shards: int = 1) -> int:
     return -(-vocab_size // step) * step
 
 
-def resolve_attention_impl(m: ml_collections.ConfigDict, platform: str | None = None) -> str:
+def resolve_attention_impl(
+    m: ml_collections.ConfigDict, platform: str | None = None, compute_dtype=jnp.bfloat16
+) -> str:
     """model.attention_impl with `auto` resolved for the platform: cuDNN on GPU, splash on TPU
     where the kernel takes the model (head_dim a multiple of 128, no soft-cap, no windows; else
-    xla), blocked on CPU. Splash named outright off TPU is refused: it is a TPU kernel."""
+    xla), blocked on CPU. Splash named outright off TPU is refused (a TPU kernel), and so is cuDNN
+    off GPU. On the GPU the run is on, cuDNN is asked whether it takes the model's attention
+    (llm.model.cudnn): `auto` falls back to xla with a warning when it does not, `cudnn` stops with
+    cuDNN's reason."""
     platform = platform or jax.default_backend()
     impl = m.attention_impl
+    head_dim = m.head_dim or m.d_model // m.n_heads
     if impl == "auto":
         if platform == "gpu":
-            return "xla" if m.attn_softcap else "cudnn"
+            if m.attn_softcap:
+                return "xla"
+            problem = _cudnn_problem(m, platform, head_dim, compute_dtype)
+            if problem:
+                warnings.warn(f"model.attention_impl=auto: cuDNN attention is not available ({problem}); using xla", stacklevel=2)
+                return "xla"
+            return "cudnn"
         if platform == "tpu":
-            head_dim = m.head_dim or m.d_model // m.n_heads
             return "splash" if head_dim % 128 == 0 and not m.attn_softcap and not m.sliding_window else "xla"
         return "blocked"
     if impl == "splash" and platform != "tpu":
         raise ConfigError(f"model.attention_impl=splash is a TPU (Pallas) kernel and this run is on {platform}; "
                           f"use auto, blocked or xla here")
+    if impl == "cudnn":
+        if platform != "gpu":
+            raise ConfigError(f"model.attention_impl=cudnn needs an NVIDIA GPU with cuDNN and this run is on {platform}; "
+                              f"use auto (blocked on CPU, splash on TPU) or xla")
+        problem = _cudnn_problem(m, platform, head_dim, compute_dtype)
+        if problem:
+            raise ConfigError(f"model.attention_impl=cudnn: cuDNN cannot run this model's attention (head_dim {head_dim}, "
+                              f"{jnp.dtype(compute_dtype).name}): {problem}; use auto or xla")
     return impl
+
+
+def _cudnn_problem(m: ml_collections.ConfigDict, platform: str, head_dim: int, compute_dtype) -> str | None:
+    """cuDNN's refusal on the GPU this process runs on; None when it takes the attention, or when
+    the spec is for another machine's GPU (planning, compiling) and this one cannot be asked."""
+    if platform != jax.default_backend():
+        return None
+    from llm.model.cudnn import cudnn_attention_problem
+
+    return cudnn_attention_problem(head_dim, m.n_heads, m.n_kv_heads, jnp.dtype(compute_dtype).name)
 
 
 def model_spec(
@@ -131,6 +161,7 @@ def model_spec(
         scaling = ("llama3", float(r.factor), float(r.low_freq_factor), float(r.high_freq_factor), int(r.original_max_position))
     elif r.type == "linear":
         scaling = ("linear", float(r.factor))
+    compute = resolve_compute_dtype(config.precision.compute, platform)
     return ModelSpec(
         family=m.family,
         vocab_size=m.vocab_size,
@@ -150,9 +181,9 @@ def model_spec(
         init_std=float(m.init_std),
         scan_layers=m.scan_layers,
         remat=m.remat,
-        attention_impl=resolve_attention_impl(m, platform),
+        attention_impl=resolve_attention_impl(m, platform, compute),
         param_dtype=_DTYPES[config.precision.params],
-        compute_dtype=(compute := resolve_compute_dtype(config.precision.compute, platform)),
+        compute_dtype=compute,
         loss_chunk=int(m.loss_chunk),
         attention_block=int(m.attention_block),
         layer_windows=layer_windows(m),
