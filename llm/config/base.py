@@ -171,6 +171,9 @@ def base_config() -> ml_collections.ConfigDict:
     o.eps = 1e-8
     o.weight_decay = 0.1
     o.clip_norm = 1.0
+    # True: Adam's moments live in pinned host memory between steps and are streamed to the
+    # accelerator for the update (frees their HBM for activations; costs a host round trip a step)
+    o.offload_state = False
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1

@@ -74,12 +74,35 @@ def check_batch(config: ml_collections.ConfigDict, mesh: Mesh, rules: AxisRules)
         raise ConfigError(f"data.batch_size={batch} is not divisible by the {jax.process_count()} processes")
 
 
-def opt_state_shardings(optimizer, params, param_shardings, replicated: NamedSharding) -> Any:
-    """Moments shard like their parameters; counters and other scalars are replicated."""
+def opt_state_shardings(optimizer, params, param_shardings, replicated: NamedSharding, on_host: bool = False) -> Any:
+    """Moments shard like their parameters (in pinned host memory when `on_host`:
+    optim.offload_state); counters and other scalars are replicated on the devices."""
+    if on_host:
+        check_host_memory(replicated.mesh)
     abstract = jax.eval_shape(optimizer.init, params)
-    return optax.tree_map_params(
-        optimizer, lambda _, sharding: sharding, abstract, param_shardings, transform_non_params=lambda _: replicated
-    )
+    moment = (lambda _, sharding: sharding.with_memory_kind(HOST_MEMORY)) if on_host else (lambda _, sharding: sharding)
+    return optax.tree_map_params(optimizer, moment, abstract, param_shardings, transform_non_params=lambda _: replicated)
+
+
+HOST_MEMORY = "pinned_host"  # what JAX calls host memory the accelerator reads by DMA
+
+
+def check_host_memory(mesh: Mesh) -> None:
+    """optim.offload_state needs host memory the backend can address from a step."""
+    if not hasattr(mesh, "devices"):  # an AbstractMesh (planning): no devices to ask
+        return
+    device = mesh.devices.flat[0]
+    kinds = [m.kind for m in device.addressable_memories()]
+    if HOST_MEMORY not in kinds:
+        raise ConfigError(
+            f"optim.offload_state=True needs {HOST_MEMORY} memory and {device.platform} devices offer {', '.join(kinds)}; "
+            f"set optim.offload_state=False"
+        )
+
+
+def device_memory(shardings: Any) -> Any:
+    """The same shardings in device memory: where an offloaded optimizer state is updated."""
+    return jax.tree_util.tree_map(lambda s: s.with_memory_kind("device"), shardings)
 
 
 def precision_summary(config: ml_collections.ConfigDict, spec: ModelSpec, platform: str | None = None) -> str:
@@ -111,7 +134,10 @@ def _mesh_rules_spec(config: ml_collections.ConfigDict, devices: list | None) ->
 
 
 def jit_train_step(config: ml_collections.ConfigDict, loss_fn: LossFn, optimizer, schedule, state_shardings: Any, batch_sharding) -> Callable:
-    """The jitted step every run uses (and `llm compile` lowers): state sharded and donated."""
+    """The jitted step every run uses (and `llm compile` lowers): state sharded and donated; an
+    offloaded optimizer state comes into device memory for the update and leaves through
+    out_shardings back to the host."""
+    on_device = device_memory(state_shardings.opt_state) if config.optim.offload_state else None
     step_fn = make_train_step(
         loss_fn,
         optimizer,
@@ -119,6 +145,7 @@ def jit_train_step(config: ml_collections.ConfigDict, loss_fn: LossFn, optimizer
         seed=config.train.seed,
         grad_accum=config.train.grad_accum,
         skip_nonfinite=config.train.nan_policy == "skip",
+        opt_state_to_device=None if on_device is None else (lambda opt_state: jax.device_put(opt_state, on_device)),
     )
     return jax.jit(
         step_fn,
@@ -143,7 +170,8 @@ def _assemble(
     """Optimizer over `params` (the trainable ones), sharded state and the jitted steps."""
     optimizer, schedule = build_optimizer(config.optim, config.train.steps, config.precision.optimizer_state)
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt_state = jax.jit(optimizer.init, out_shardings=opt_state_shardings(optimizer, params, param_shardings, replicated))(params)
+    o_shardings = opt_state_shardings(optimizer, params, param_shardings, replicated, config.optim.offload_state)
+    opt_state = jax.jit(optimizer.init, out_shardings=o_shardings)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
     state = TrainState(step, params, opt_state)
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
