@@ -37,7 +37,7 @@ from llm.pytree import with_shardings
 from llm.train.loss import lm_loss_fn
 from llm.train.optimizer import build_optimizer
 from llm.train.partition import Partition
-from llm.train.setup import check_batch, jit_train_step, opt_state_shardings
+from llm.train.setup import HOST_MEMORY, check_batch, jit_train_step, opt_state_shardings
 from llm.train.step import TrainState
 
 
@@ -71,7 +71,7 @@ def abstract_setup(config: ml_collections.ConfigDict, devices: list, partition: 
     p_shardings = jax.tree_util.tree_map(lambda x: x.sharding, params)
     optimizer, schedule = build_optimizer(config.optim, config.train.steps, config.precision.optimizer_state)
     replicated = NamedSharding(mesh, PartitionSpec())
-    o_shardings = opt_state_shardings(optimizer, params, p_shardings, replicated)
+    o_shardings = opt_state_shardings(optimizer, params, p_shardings, replicated, config.optim.offload_state)
     opt_state = with_shardings(jax.eval_shape(optimizer.init, params), o_shardings)
     state = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params, opt_state)
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
@@ -81,10 +81,14 @@ def abstract_setup(config: ml_collections.ConfigDict, devices: list, partition: 
     return AbstractSetup(mesh, rules, spec, state, batch, train_step, frozen)
 
 
-def per_device_bytes(tree: Any) -> int:
-    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard)."""
+def per_device_bytes(tree: Any, memory_kind: str = "device") -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard) in its
+    own memory, or with memory_kind="pinned_host" in the host memory beside it."""
     total = 0
     for leaf in jax.tree_util.tree_leaves(tree):
+        kind = getattr(leaf.sharding, "memory_kind", None) or "device"
+        if (kind == HOST_MEMORY) != (memory_kind == HOST_MEMORY):
+            continue
         shard = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
         total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
     return total
@@ -105,6 +109,7 @@ class StepCompilation:
     out_of_memory: bool  # the compiler refused: some memory (HBM, or on-chip VMEM) ran out
     error: str = ""  # the compiler's reason when it refused
     frozen_bytes: int = 0  # a fine-tuning partition's frozen part (params_bytes: the trainable part)
+    host_opt_state_bytes: int = 0  # optim.offload_state: the moments in host memory (not in the totals)
 
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -122,6 +127,7 @@ def compile_step(setup: AbstractSetup) -> StepCompilation:
     """Lower and compile the step; an out-of-HBM refusal becomes a result, not an exception."""
     params_bytes = per_device_bytes(setup.state.params)
     opt_bytes = per_device_bytes(setup.state.opt_state)
+    host_bytes = per_device_bytes(setup.state.opt_state, HOST_MEMORY)
     batch_bytes = per_device_bytes(setup.batch)
     frozen_bytes = per_device_bytes(setup.frozen)
     lowered = setup.train_step.lower(setup.state, setup.batch, setup.frozen)
@@ -137,12 +143,12 @@ def compile_step(setup: AbstractSetup) -> StepCompilation:
         lines = [line.strip() for line in message.splitlines() if line.strip()]
         reason = " ".join(lines[:1] if temp is not None else lines[:2])[:300]
         return StepCompilation(
-            params_bytes, opt_bytes, batch_bytes, temp, total, None, None, lowered.as_text(), True, reason, frozen_bytes
+            params_bytes, opt_bytes, batch_bytes, temp, total, None, None, lowered.as_text(), True, reason, frozen_bytes, host_bytes
         )
     f = compiled_figures(compiled)
     return StepCompilation(
         params_bytes, opt_bytes, batch_bytes, f.temp_bytes, f.total_bytes, f.peak_bytes, f.flops, compiled.as_text(), False,
-        frozen_bytes=frozen_bytes,
+        frozen_bytes=frozen_bytes, host_opt_state_bytes=host_bytes,
     )
 
 

@@ -254,7 +254,8 @@ def format_report(report: CompileReport) -> str:
     lines += [
         f"  per-device memory (HBM {t.hbm_bytes / GIB:.2f} GiB per chip):",
         *params,
-        f"    optimizer state  {_gib(c.opt_state_bytes)}",
+        f"    optimizer state  {_gib(c.opt_state_bytes)}"
+        + (f"  (+ {_gib(c.host_opt_state_bytes)} in host memory: optim.offload_state)" if c.host_opt_state_bytes else ""),
         f"    batch            {_gib(c.batch_bytes)}",
         f"    temporaries      {_gib(c.temp_bytes)}  (activations, gradients, collective buffers)",
         f"    total            {_gib(c.total_bytes)}  -> {verdict}",
@@ -300,6 +301,7 @@ def _evaluation_json(ev: Evaluation) -> dict:
         "params_bytes": c.params_bytes,
         "frozen_bytes": c.frozen_bytes,
         "opt_state_bytes": c.opt_state_bytes,
+        "host_opt_state_bytes": c.host_opt_state_bytes,
         "batch_bytes": c.batch_bytes,
         "temp_bytes": c.temp_bytes,
         "compiler_peak_bytes": c.compiler_peak_bytes,

@@ -44,4 +44,5 @@ def compiled_memory(config: ml_collections.ConfigDict, hw: Hardware, overrides: 
     if c.total_bytes is None:
         return None, f"the compiler refused without a figure: {c.error[:120]}"
     source = f"compiled ({compiler_name(hw)})" + (", out of memory: its figure" if c.out_of_memory else "")
-    return Memory(c.params_bytes, c.frozen_bytes, c.opt_state_bytes, None, c.temp_bytes or 0, source, c.batch_bytes, c.total_bytes), ""
+    return Memory(c.params_bytes, c.frozen_bytes, c.opt_state_bytes, None, c.temp_bytes or 0, source, c.batch_bytes, c.total_bytes,
+                  c.host_opt_state_bytes), ""

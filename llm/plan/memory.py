@@ -11,7 +11,10 @@ accumulation: the running sum and the micro-batch's); activations by remat polic
 
 (only the layers the backward pass reaches: none below the lowest trained one)
 
-plus the working set of one layer's backward pass (its intermediates, attention probabilities and
+With optim.offload_state the optimizer state is in host memory (`host`), and the device holds
+it, old and new, only while it updates: after the backward pass, beside parameters and gradients.
+
+Plus the working set of one layer's backward pass (its intermediates, attention probabilities and
 their f32 gradient), the LM head's f32 logits and their gradient (one `model.loss_chunk` at a
 time), and with FSDP one layer's gathered weights (double-buffered, in the compute dtype) and,
 for trained weights, its unsharded f32 weight gradient before the reduce-scatter. A device holds
@@ -46,6 +49,7 @@ class Memory:
     source: str  # "analytic" | "compiled (libtpu 0.0.42.1)" | "compiled (xla cpu)"
     batch: int = 0
     reported_total: int | None = None  # the compiler's total (arguments + outputs - aliases + temporaries)
+    host: int = 0  # optim.offload_state: the optimizer state in host memory (in no device total)
 
     @property
     def total(self) -> int:
@@ -165,7 +169,15 @@ def analytic_memory(config: ml_collections.ConfigDict, state: AbstractState, pla
         trained_share = total_bytes(state.trainable) / max(1, total_bytes(state.trainable) + _frozen_values_bytes(state))
         gathered += int(layer * 4 * trained_share)  # the unsharded weight gradient before its reduce-scatter
     batch = rows * accum * seq * 4 * 5  # inputs, targets, segments, positions, loss mask
-    return Memory(s["params"], s["frozen"], s["optimizer"], int(activations), int(logits + mask + grads + gathered), "analytic", batch)
+    temporaries = int(logits + mask + grads + gathered)
+    if not config.optim.offload_state:
+        return Memory(s["params"], s["frozen"], s["optimizer"], int(activations), temporaries, "analytic", batch)
+    # optim.offload_state: the moments come in once the gradients exist (llm.train.step), when the
+    # activations are gone; then the parameters, gradients, old and new moments are what is held.
+    update_phase = s["params"] + s["frozen"] + grads + 2 * s["optimizer"] + batch
+    backward_phase = s["params"] + s["frozen"] + int(activations) + temporaries + batch
+    temporaries += max(0, update_phase - backward_phase)
+    return Memory(s["params"], s["frozen"], 0, int(activations), temporaries, "analytic", batch, host=s["optimizer"])
 
 
 def _dtype_size(state: AbstractState) -> int:
