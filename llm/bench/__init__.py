@@ -14,6 +14,7 @@ building the `llm` parser stays cheap.
   llm bench convert [--preset P]  (= llm convert bench)  HF import/export time and peak RSS
   llm bench dpo --config C [--model M] [--vs-trl]        DPO tokens/s and peak RSS vs trl.DPOTrainer
   llm bench grpo --config C [--model M] [--vs-trl]       GRPO steps/s and step breakdown vs trl.GRPOTrainer
+  llm bench attention [--impl cudnn] [--vs xla]          packed-batch attention vs another impl and f32, no leaks
 
 Every target takes `--json FILE` (the returned figures, written by the CLI).
 """
@@ -90,7 +91,7 @@ TARGETS: dict[str, Target] = {
         Target("data", "input pipeline tokens/s (read, tokenize, pack, batch) on real text", "llm.bench.data",
                (CONFIG, JSON)),
         Target("generate", "decode tokens/s of our sampler (and HF generate on the same weights)", "llm.bench.generate",
-               (CONFIG, VS_HF, JSON)),
+               (CONFIG, VS_HF, JSON, _option("--batches", "comma-separated decode batch sizes (default 1,16)", default=None))),
         Target("finetune", "the same model fine-tuned fully, with LoRA, QLoRA and frozen layers", "llm.bench.finetune",
                (CONFIG, _steps("steps per method (at least 3: the first compiles)"),
                 _option("--methods", "comma-separated, of full, lora, qlora, frozen", default="full,lora,qlora,frozen"),
@@ -128,6 +129,21 @@ TARGETS: dict[str, Target] = {
                 _option("--batch-sizes", "lm-eval batch sizes to try (its best is the peer figure)", default="1,8,32"),
                 _option("--batch-size", "our requests per forward pass", type=int, default=16),
                 _option("--out", "the HF model, the task files, bench.md and bench.json", default="runs/bench_eval"),
+                JSON)),
+        Target("attention", "attention impl vs another on packed documents: outputs, q/k/v gradients, f32 reference, "
+               "no attention across documents, fwd+bwd ms", "llm.bench.attention",
+               (_option("--impl", "implementation checked (auto: cudnn on GPU, blocked elsewhere)",
+                        choices=("auto", "cudnn", "xla", "blocked"), default="auto"),
+                _option("--vs", "implementation it is compared with (run in f32 as the reference; xla is when this is cudnn)",
+                        choices=("auto", "cudnn", "xla", "blocked"), default="xla"),
+                _option("--batch", "rows", type=int, default=2),
+                _option("--seq", "positions per row (several packed documents, then padding)", type=int, default=512),
+                _option("--heads", "query heads", type=int, default=8),
+                _option("--kv-heads", "key/value heads (grouped-query when fewer than --heads)", type=int, default=2),
+                _option("--head-dim", "per-head dimension", type=int, default=64),
+                _option("--dtype", "q, k, v dtype", choices=("bfloat16", "float32"), default="bfloat16"),
+                _option("--block", "query positions per block of the blocked implementation", type=int, default=64),
+                _option("--seed", "random documents, q, k, v and cotangent", type=int, default=0),
                 JSON)),
     )
 }

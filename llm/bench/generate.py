@@ -38,6 +38,8 @@ import numpy as np
 
 from llm.bench.hf_peer import HOPELESS, check_same_model, cpu_modes, params_as_hf_counts, thread_candidates, torch_bf16_slowdown
 from llm.config.loading import load_config
+from llm.errors import UserError
+from llm.parallel.accelerators import hbm_bandwidth
 from llm.generate.generator import Generator
 from llm.model.build import init_params
 from llm.model.spec import ModelSpec, model_spec
@@ -441,10 +443,20 @@ def run_generate_bench(
         result["weight_bytes_per_step"] = bytes_per_step
         result["roofline_tokens_per_s_b1"] = bandwidth / bytes_per_step
         result["roofline_fraction_b1"] = result["tokens_per_s_b1"] / result["roofline_tokens_per_s_b1"]
+        sheet = hbm_bandwidth(jax.devices()[0].device_kind)  # the issue's roofline on a GPU / TPU
+        if sheet:
+            result["datasheet_bandwidth_gb_s"] = sheet / 1e9
+            result["datasheet_roofline_fraction_b1"] = result["tokens_per_s_b1"] * bytes_per_step / sheet
     print(json.dumps(result, indent=2))
     return result
 
 
 def run(args: argparse.Namespace) -> dict:
     """The bench target (llm.bench.TARGETS["generate"])."""
-    return run_generate_bench(load_config(args.config, args.config_overrides), args.vs_hf)
+    try:
+        batches = tuple(int(b) for b in str(args.batches).split(",") if b.strip()) if args.batches else BATCHES
+    except ValueError:
+        batches = ()
+    if not batches or min(batches) < 1:
+        raise UserError(f"--batches {args.batches!r} is not a list of positive batch sizes; write e.g. 1,64")
+    return run_generate_bench(load_config(args.config, args.config_overrides), args.vs_hf, batches=batches)
