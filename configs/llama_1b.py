@@ -5,9 +5,11 @@ Run on one GPU:
 Expect: 1.24B parameters; sequence 2048 in bf16 with save_matmul remat over scanned layers.
 Mesh: one device (data=-1 = all devices; on a multi-GPU node it becomes data parallel).
 Memory, by count (1,235,814,400 parameters from the abstract model, 2026-12-04): 4.60 GiB of
-f32 parameters + 9.21 GiB of AdamW moments, before activations. Whether a given GPU holds the
-whole step has not been measured (no GPU was available; `llm compile` covers TPU slices only):
-if it runs out of memory, lower the micro-batch with train.grad_accum (same global batch).
+f32 parameters + 9.21 GiB of AdamW moments, before activations. The whole step per GPU, from the
+analytic model (`llm compile --config configs/llama_1b.py --topology h100x1 --levers`,
+2026-12-05; no GPU compiler on the CPU machine): 55.21 GiB as given, 42.71 with model.remat=full,
+46.00 with optim.offload_state=true, of an H100's ~78 usable. Not yet measured on a GPU
+(benchmarks/gpu.sh does): if it runs out of memory, lower the micro-batch with train.grad_accum.
 """
 
 from llm.config.base import base_config
