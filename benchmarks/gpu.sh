@@ -13,8 +13,16 @@
 # and then the markdown tables (python -m llm.bench.gpu_table DIR, also DIR/summary.md).
 #
 # Usage, from anywhere, on a machine with jax[cuda], flax, optax, ml_collections installed (the
-# repository itself needs no install: PYTHONPATH is set to it):
+# repository itself needs no install: PYTHONPATH is set to it; grain, clu and TensorFlow are not
+# needed: the smoke run passes in a venv of jax 0.11.2, flax, optax, orbax-checkpoint,
+# ml-collections, sentencepiece, psutil and tqdm alone):
 #   benchmarks/gpu.sh [DIR]     DIR default: $OUT, else runs/gpu_bench
+# DIR/summary.md holds the tables and DIR/all.tar.gz everything. On this project's lent device
+# (jax 0.11.2 and flax there, ml-collections not), with the wheel downloaded here first:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml-collections==1.1.0
+# and `.whl` carried (and ignored by git), the command is:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site \
+#     && benchmarks/gpu.sh /tmp/gpu_bench; cp /tmp/gpu_bench/summary.md /tmp/gpu_bench/all.tar.gz $OUT/
 # Each step writes DIR/NAME.log (its output), DIR/NAME.json (its figures) and, when it fails,
 # DIR/NAME.error; a failure is recorded and the next step runs. Steps run in order of importance
 # and each gets at most what is left of LLM_GPU_BUDGET_S (default 480 s); one that would get
@@ -165,6 +173,8 @@ for entry in "${TRAIN[@]:1}"; do
 done
 
 "$PY" -m llm.bench.gpu_table "$DIR" || echo "the summary failed; the figures are in $DIR/*.json"
+# One archive of everything (a lent device returns only a few files: summary.md and this).
+tar czf "$DIR.tar.gz" -C "$(dirname "$DIR")" "$(basename "$DIR")" && mv "$DIR.tar.gz" "$DIR/all.tar.gz"
 failed=$(awk -F'\t' '$2 != "0"' "$DIR/steps.tsv" | wc -l)
 echo "total: $(wc -l < "$DIR/steps.tsv") steps, $failed failed or skipped, ${SECONDS}s; everything is in $DIR"
 ((failed == 0))
