@@ -9,6 +9,7 @@ import warnings
 import pytest
 
 from helpers import tiny_config
+from llm.config.validate import validate_config
 from llm.errors import ConfigError
 from llm.model import spec as spec_module
 from llm.model.cudnn import cudnn_attention_problem
@@ -39,3 +40,9 @@ def test_on_a_gpu_without_a_usable_cudnn_auto_falls_back_and_cudnn_stops(monkeyp
 
 def test_planning_for_a_gpu_from_another_machine_does_not_ask_this_one():
     assert model_spec(tiny_config("model.attention_impl=cudnn"), platform="gpu").attention_impl == "cudnn"
+
+
+def test_an_odd_sequence_length_is_refused_before_cudnn_sees_it():
+    with pytest.raises(ConfigError, match="attention_impl=cudnn trains with the packing bias only on an even data.seq_len"):
+        validate_config(tiny_config("model.attention_impl=cudnn", "data.seq_len=127"))
+    validate_config(tiny_config("model.attention_impl=cudnn", "data.seq_len=128"))

@@ -100,6 +100,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if m.attention_block < 1:
         raise ConfigError(f"model.attention_block={m.attention_block} must be >= 1 (query positions per block); try 64")
+    if m.attention_impl == "cudnn" and config.data.seq_len % 2:
+        raise ConfigError(f"model.attention_impl=cudnn trains with the packing bias only on an even data.seq_len "
+                          f"(cuDNN's rule), not {config.data.seq_len}; use an even length or attention_impl=xla")
     _validate_family_features(m)
     if m.family == "gpt2" and m.n_kv_heads != m.n_heads:
         raise ConfigError(f"gpt2 uses full multi-head attention; set model.n_kv_heads={m.n_heads}")
