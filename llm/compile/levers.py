@@ -8,7 +8,6 @@ GPU compiler on a CPU machine, so the figure is llm.plan.memory's analytic model
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -16,12 +15,11 @@ from typing import Callable
 
 import ml_collections
 
-from llm.config.loading import apply_overrides
-from llm.config.validate import validate_config
 from llm.errors import UserError
 from llm.model.decoder import REMAT_POLICIES
 from llm.plan.hardware import Hardware
 from llm.plan.memory import Memory
+from llm.plan.planner import with_overrides
 
 GIB = 2**30
 
@@ -47,13 +45,6 @@ def lever_overrides(config: ml_collections.ConfigDict) -> list[tuple[str, ...]]:
     return rows
 
 
-def _with(config: ml_collections.ConfigDict, overrides: tuple[str, ...]) -> ml_collections.ConfigDict:
-    out = copy.deepcopy(config)
-    apply_overrides(out, overrides)
-    validate_config(out)
-    return out
-
-
 def lever_memory(config: ml_collections.ConfigDict, hw: Hardware) -> Memory:
     """Per-chip memory of `config` on `hw`: compiled for a TPU slice, analytic for GPUs."""
     if hw.kind == "gpu":
@@ -75,7 +66,7 @@ def lever_rows(
 ) -> list[LeverRow]:
     rows = []
     for o in overrides:
-        row = LeverRow(o, lever_memory(_with(config, o), hw))
+        row = LeverRow(o, lever_memory(with_overrides(config, o), hw))
         rows.append(row)
         if on_row:
             on_row(row)

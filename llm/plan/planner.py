@@ -105,7 +105,8 @@ def _platform(hw: Hardware) -> str:
     return hw.kind
 
 
-def _with(config: ml_collections.ConfigDict, overrides: tuple[str, ...]) -> ml_collections.ConfigDict:
+def with_overrides(config: ml_collections.ConfigDict, overrides: tuple[str, ...]) -> ml_collections.ConfigDict:
+    """A validated copy of `config` with `overrides` applied (`config` itself when there are none)."""
     if not overrides:
         return config
     out = copy.deepcopy(config)
@@ -123,7 +124,7 @@ class Memories:
         self.notes: list[str] = []
 
     def evaluate(self, config: ml_collections.ConfigDict, hw: Hardware, overrides: tuple[str, ...] = ()) -> Fit:
-        cfg = _with(config, overrides)
+        cfg = with_overrides(config, overrides)
         state = abstract_state(cfg, hw.chips, _platform(hw))
         analytic = analytic_memory(cfg, state, _platform(hw))
         memory = analytic
@@ -149,7 +150,7 @@ def find_fit(config: ml_collections.ConfigDict, hw: Hardware, memories: Memories
         return base
     for overrides in candidate_overrides(config, hw.chips):
         try:
-            cfg = _with(config, overrides)
+            cfg = with_overrides(config, overrides)
             analytic = analytic_memory(cfg, abstract_state(cfg, hw.chips, _platform(hw)), _platform(hw))
         except UserError:
             continue

@@ -60,15 +60,15 @@ def _sum_loss_and_grads(loss_fn: LossFn, params, frozen, batch, rng, grad_accum:
     return loss_sum, aux, grads
 
 
-def _after(grads: Any, fn: Callable[[Any], Any], operand: Any) -> Any:
-    """fn(operand), run only once `grads` exist: for the host-to-device copy of an offloaded
+def _after(grad_norm: jax.Array, fn: Callable[[Any], Any], operand: Any) -> Any:
+    """fn(operand), run only once the gradients (their norm) exist: for the host-to-device copy of an offloaded
     optimizer state. Left free, or behind an optimization_barrier, XLA's scheduler starts that
     copy with the step, and the moments sit in HBM beside the activations they are meant to spare
     (llama3_8b on v5p-64 compiled to the same 52.5 GiB with or without offloading). A branch of a
     conditional on the gradients (always true: a NaN norm compares false) cannot start before its
     predicate exists. Only the copy is in the branch: with the update in it too, the branches'
     outputs took a third copy of the moments (tiny on v5e-8)."""
-    ready = jnp.logical_not(global_norm(grads) < 0.0)
+    ready = jnp.logical_not(grad_norm < 0.0)
     return jax.lax.cond(ready, fn, fn, operand)
 
 
@@ -91,13 +91,13 @@ def make_train_step(
         loss_sum, aux, grads = _sum_loss_and_grads(loss_fn, state.params, frozen, batch, rng, grad_accum)
         tokens = jnp.maximum(aux["tokens"], 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / tokens, grads)
-        old_opt_state = state.opt_state
-        if opt_state_to_device is not None:
-            old_opt_state = _after(grads, opt_state_to_device, old_opt_state)
-        updates, opt_state = optimizer.update(grads, old_opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         loss = loss_sum / tokens
         grad_norm = global_norm(grads)
+        old_opt_state = state.opt_state
+        if opt_state_to_device is not None:
+            old_opt_state = _after(grad_norm, opt_state_to_device, old_opt_state)
+        updates, opt_state = optimizer.update(grads, old_opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
